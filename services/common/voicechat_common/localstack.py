@@ -18,6 +18,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import BinaryIO
 
 import httpx
 
@@ -44,17 +45,17 @@ class ManagedProcess:
     args: list[str] = field(default_factory=list)
     log_path: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
+    _log_file: BinaryIO | None = field(default=None, repr=False)
 
     def start(self) -> None:
         env = {**os.environ, **self.env}
-        out = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115 - closed in stop()
+        self._log_file = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", self.module, *self.args],
             env=env,
-            stdout=out if out else None,
-            stderr=subprocess.STDOUT if out else None,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT if self._log_file else None,
         )
-        self._log_file = out
 
     def log_tail(self, lines: int = 40) -> str:
         if self.log_path is None or not self.log_path.exists():
@@ -93,7 +94,7 @@ class ManagedProcess:
                     self.proc.kill()
                     self.proc.wait()
             code = self.proc.returncode
-        if getattr(self, "_log_file", None):
+        if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
         return code
@@ -235,13 +236,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sys.stderr.write("Starting the LLM service (embedded llama.cpp engine) and warming it up...\n")
         stack.start_llm()
-        sys.stderr.write(f"LLM ready: OpenAI API at {stack.llm_api_url}, warm-up report at "
-                         f"{stack.llm_gate_url}/warmup\n")
+        sys.stderr.write(
+            f"LLM ready: OpenAI API at {stack.llm_api_url}, warm-up report at {stack.llm_gate_url}/warmup\n"
+        )
         if stack.with_session:
             sys.stderr.write("Starting the session service (loading and warming STT + TTS)...\n")
             stack.start_session()
-            sys.stdout.write(f"\nVoiceChat is ready: open {stack.session_url}/ in a browser "
-                             f"(WebSocket {stack.ws_url}). Ctrl-C stops it.\n\n")
+            sys.stdout.write(
+                f"\nVoiceChat is ready: open {stack.session_url}/ in a browser "
+                f"(WebSocket {stack.ws_url}). Ctrl-C stops it.\n\n"
+            )
             sys.stdout.flush()
         while not stopping:
             dead = [p.name for p in stack.processes() if not p.running()]

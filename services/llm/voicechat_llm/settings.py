@@ -43,23 +43,35 @@ class LLMSettings(BaseSettings):
     )
     host: str = Field("0.0.0.0", description="Address both ports bind to.")
     engine_port: int = Field(ENGINE_PORT, ge=1, le=65535, description="OpenAI-compatible API port.")
-    gate_port: int = Field(GATE_PORT, ge=1, le=65535, description="Gate port: /livez /readyz /warmup /metrics.")
-    system_prompt: str = Field(DEFAULT_SYSTEM_PROMPT, description="System prompt used to warm the prefix cache.")
-    system_prompt_file: Path | None = Field(
-        None, description="File holding the system prompt (overrides system_prompt; mounted from a ConfigMap)."
+    gate_port: int = Field(
+        GATE_PORT, ge=1, le=65535, description="Gate port: /livez /readyz /warmup /metrics."
     )
-    max_model_len: int = Field(4096, ge=256, description="Context length (vLLM --max-model-len; llama.cpp n_ctx).")
+    system_prompt: str = Field(
+        DEFAULT_SYSTEM_PROMPT, description="System prompt used to warm the prefix cache."
+    )
+    system_prompt_file: Path | None = Field(
+        None,
+        description="File holding the system prompt (overrides system_prompt; mounted from a ConfigMap).",
+    )
+    max_model_len: int = Field(
+        4096, ge=256, description="Context length (vLLM --max-model-len; llama.cpp n_ctx)."
+    )
     parallel: int = Field(4, ge=1, le=256, description="llama.cpp: parallel slots for continuous batching.")
     threads: int = Field(0, ge=0, description="llama.cpp: CPU threads (0 = all cores).")
     gpu_memory_utilization: float = Field(0.90, gt=0, le=1, description="vLLM --gpu-memory-utilization.")
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM --tensor-parallel-size.")
     enable_prefix_caching: bool = Field(True, description="vLLM --enable-prefix-caching.")
     extra_args: list[str] = Field(
-        default_factory=list, description='Extra engine CLI args, passed through (env: JSON list, e.g. ["--x","1"]).'
+        default_factory=list,
+        description='Extra engine CLI args, passed through (env: JSON list, e.g. ["--x","1"]).',
     )
     vllm_executable: str = Field("vllm", description="The vllm CLI to spawn (path or name on PATH).")
-    startup_timeout_s: float = Field(900.0, gt=0, description="Deadline for the engine to answer its health check.")
-    warmup_requests: int = Field(3, ge=1, le=50, description="Warm-up streaming generations with the system prompt.")
+    startup_timeout_s: float = Field(
+        900.0, gt=0, description="Deadline for the engine to answer its health check."
+    )
+    warmup_requests: int = Field(
+        3, ge=1, le=50, description="Warm-up streaming generations with the system prompt."
+    )
     warmup_max_tokens: int = Field(32, ge=1, le=1024, description="Tokens per warm-up generation.")
     warmup_user_prompt: str = Field("Hello! Who are you?", description="User turn sent during warm-up.")
     max_warm_ttft_s: float | None = Field(

@@ -31,13 +31,18 @@ class SessionSettings(BaseSettings):
     # LLM (any OpenAI-compatible /v1/chat/completions)
     llm_url: str = Field("http://127.0.0.1:8000/v1", description="OpenAI-compatible base URL (…/v1).")
     llm_api_key: SecretStr | None = Field(None, description="Bearer token for the LLM API, if it needs one.")
-    llm_model: str | None = Field(None, description="Model name to request (default: first of GET /v1/models).")
+    llm_model: str | None = Field(
+        None, description="Model name to request (default: first of GET /v1/models)."
+    )
     llm_warmup_url: str | None = Field(
-        None, description="The LLM service's /warmup report (shared warm inference time), shown when reachable."
+        None,
+        description="The LLM service's /warmup report (shared warm inference time), shown when reachable.",
     )
     llm_temperature: float = Field(0.3, ge=0, le=2, description="Sampling temperature.")
     llm_max_tokens: int = Field(200, ge=1, le=4096, description="Maximum tokens per reply.")
-    llm_first_token_timeout_s: float = Field(15.0, gt=0, description="No first token by then → llm_timeout error.")
+    llm_first_token_timeout_s: float = Field(
+        15.0, gt=0, description="No first token by then → llm_timeout error."
+    )
     llm_stream_timeout_s: float = Field(60.0, gt=0, description="Whole reply deadline.")
     system_prompt: str = Field(
         "You are a helpful voice assistant. Answer in one to three short spoken sentences, "
@@ -45,7 +50,9 @@ class SessionSettings(BaseSettings):
         description="System prompt kept at the head of every conversation.",
     )
     system_prompt_file: Path | None = Field(None, description="File holding the system prompt (overrides).")
-    history_max_messages: int = Field(24, ge=2, description="History budget in messages (oldest dropped first).")
+    history_max_messages: int = Field(
+        24, ge=2, description="History budget in messages (oldest dropped first)."
+    )
     history_max_chars: int = Field(8000, ge=200, description="History budget in characters.")
 
     # Models: weights loaded once per pod (`pod`) or per connection (`connection`, the slow "before").
@@ -64,11 +71,15 @@ class SessionSettings(BaseSettings):
     vad_min_silence_ms: int = Field(500, ge=100, le=5000, description="Silence that ends the user's turn.")
     vad_min_speech_ms: int = Field(200, ge=50, le=5000, description="Shorter speech bursts are ignored.")
     barge_in_min_speech_ms: int = Field(300, ge=50, description="User speech that interrupts the assistant.")
-    max_utterance_s: float = Field(30.0, gt=1, le=120, description="An utterance is cut and transcribed here.")
+    max_utterance_s: float = Field(
+        30.0, gt=1, le=120, description="An utterance is cut and transcribed here."
+    )
     partial_transcripts: bool = Field(True, description="Send partial transcripts while the user speaks.")
     tts_backend: Literal["kokoro-onnx", "kokoro"] = Field("kokoro-onnx", description="TTS implementation.")
     tts_model_path: Path | None = Field(None, description="Kokoro ONNX model (default: embedded int8 model).")
-    tts_voices_path: Path | None = Field(None, description="Kokoro voices .npz/.bin (default: embedded voices).")
+    tts_voices_path: Path | None = Field(
+        None, description="Kokoro voices .npz/.bin (default: embedded voices)."
+    )
     tts_voice: str = Field("jf_alpha", description="Default voice.")
     tts_speed: float = Field(1.0, ge=0.5, le=2.0, description="Default speaking rate.")
     tts_lang: str = Field("en-us", description="Kokoro G2P language.")
@@ -80,7 +91,9 @@ class SessionSettings(BaseSettings):
     # Limits
     max_sessions: int = Field(8, ge=1, description="Open sessions per pod; the next one is refused.")
     max_frame_bytes: int = Field(64_000, ge=1024, description="Largest WebSocket message accepted.")
-    max_audio_rate_factor: float = Field(3.0, ge=1.0, description="Audio faster than this × real time is refused.")
+    max_audio_rate_factor: float = Field(
+        3.0, ge=1.0, description="Audio faster than this x real time is refused."
+    )
     idle_timeout_s: float = Field(300.0, gt=0, description="Close a session idle this long.")
     max_session_s: float = Field(3600.0, gt=0, description="Close a session this old.")
     drain_grace_s: float = Field(20.0, ge=0, description="SIGTERM: time open sessions get to finish a turn.")
