@@ -51,7 +51,7 @@ bench: venv
 	$(VENV)/bin/voicechat-loadtest bench --out bench
 
 manifests: venv system
-	$(PY) -m voicechat_operator.manifests --out manifests
+	$(PY) scripts/render_manifests.py --out manifests
 
 clean:
 	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache

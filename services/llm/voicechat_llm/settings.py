@@ -54,7 +54,9 @@ class LLMSettings(BaseSettings):
         description="File holding the system prompt (overrides system_prompt; mounted from a ConfigMap).",
     )
     max_model_len: int = Field(
-        4096, ge=256, description="Context length (vLLM --max-model-len; llama.cpp n_ctx)."
+        4096,
+        ge=256,
+        description="Context length (vLLM --max-model-len; llama.cpp: total n_ctx, split across the slots).",
     )
     parallel: int = Field(4, ge=1, le=256, description="llama.cpp: parallel slots for continuous batching.")
     threads: int = Field(0, ge=0, description="llama.cpp: CPU threads (0 = all cores).")
@@ -80,5 +82,9 @@ class LLMSettings(BaseSettings):
     health_interval_s: float = Field(5.0, gt=0, description="How often the engine is probed while serving.")
     health_timeout_s: float = Field(3.0, gt=0, description="Timeout of one engine health probe.")
     drain_timeout_s: float = Field(20.0, ge=0, description="SIGTERM: how long in-flight requests may finish.")
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    log_format: Literal["json", "console"] = "json"
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Log level (debug also turns on llama.cpp's own info logs)."
+    )
+    log_format: Literal["json", "console"] = Field(
+        "json", description="json: one object per line (containers); console: readable lines."
+    )

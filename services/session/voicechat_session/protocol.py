@@ -51,8 +51,14 @@ class ConfigureMessage(_Message):
     speed: float | None = Field(None, ge=0.5, le=2.0)
 
 
+class GetHistoryMessage(_Message):
+    """Ask for this session's conversation history (answered with ``history``)."""
+
+    type: Literal["get_history"] = "get_history"
+
+
 ClientMessage = Annotated[
-    StartMessage | TextMessage | InterruptMessage | ResetMessage | ConfigureMessage,
+    StartMessage | TextMessage | InterruptMessage | ResetMessage | ConfigureMessage | GetHistoryMessage,
     Field(discriminator="type"),
 ]
 client_message_adapter: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
@@ -112,13 +118,31 @@ class AudioEndMessage(_Message):
     turn_id: int
 
 
+InterruptReason = Literal["barge_in", "client", "superseded", "reset", "shutdown"]
+
+
 class InterruptedMessage(_Message):
+    """The assistant's turn stopped early: flush playback; no more audio of this turn follows."""
+
     type: Literal["interrupted"] = "interrupted"
     turn_id: int
+    reason: InterruptReason = "client"
 
 
 class HistoryClearedMessage(_Message):
     type: Literal["history_cleared"] = "history_cleared"
+
+
+class HistoryEntry(_Message):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class HistoryMessage(_Message):
+    """The conversation as the LLM will see it next turn (system prompt first, budget applied)."""
+
+    type: Literal["history"] = "history"
+    messages: list[HistoryEntry]
 
 
 ErrorCode = Literal[
@@ -177,6 +201,7 @@ ServerMessage = Annotated[
     | AudioEndMessage
     | InterruptedMessage
     | HistoryClearedMessage
+    | HistoryMessage
     | ErrorMessage
     | TurnMetricsMessage,
     Field(discriminator="type"),

@@ -83,6 +83,13 @@ class SessionSettings(BaseSettings):
     tts_voice: str = Field("jf_alpha", description="Default voice.")
     tts_speed: float = Field(1.0, ge=0.5, le=2.0, description="Default speaking rate.")
     tts_lang: str = Field("en-us", description="Kokoro G2P language.")
+    output_chunk_ms: int = Field(80, ge=10, le=500, description="Duration of one binary audio frame sent.")
+    output_lead_ms: int = Field(
+        1500,
+        ge=0,
+        le=60_000,
+        description="Audio sent ahead of real time; the rest is paced so a barge-in cuts what is unheard.",
+    )
     tts_device: Literal["cpu", "cuda"] = Field("cpu", description="ONNX execution provider / torch device.")
     model_cache_dir: Path = Field(
         Path.home() / ".cache" / "voicechat", description="Where assembled model files are written."

@@ -1,0 +1,134 @@
+"""``voicechat-loadtest``: ``run`` a load test against a session service URL, or ``bench`` the local stack.
+
+Exit status: 0 when every connect and turn succeeded, 1 when some failed (results are still written),
+2 for a bad target or bad arguments (one line on stderr, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+import pydantic
+
+from voicechat_common.logging import configure_logging
+from voicechat_loadtest.client import BadTargetError
+from voicechat_loadtest.report import format_table, write_plot
+from voicechat_loadtest.runner import LoadConfig, run_load
+
+RESULTS_JSON = "results.json"
+RESULTS_PNG = "results.png"
+EXIT_FAILURES = 1
+EXIT_BAD_TARGET = 2
+
+
+def _think_time(value: str) -> tuple[float, float]:
+    try:
+        parts = [float(p) for p in value.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected SECONDS or MIN,MAX, got {value!r}") from None
+    if len(parts) == 1:
+        return parts[0], parts[0]
+    if len(parts) == 2:
+        return parts[0], parts[1]
+    raise argparse.ArgumentTypeError(f"expected SECONDS or MIN,MAX, got {value!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="voicechat-loadtest", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="simulate voice users against a session service")
+    run.add_argument("url", help="ws://HOST:PORT/ws, or the service's http://HOST:PORT")
+    run.add_argument("-u", "--users", type=int, default=1, help="simulated users (default 1)")
+    run.add_argument("-r", "--ramp-up", type=float, default=0.0, help="seconds over which users start")
+    run.add_argument("-c", "--concurrency", type=int, help="max open connections at once (default: users)")
+    run.add_argument("-t", "--turns", type=int, default=1, help="spoken turns per connection (default 1)")
+    run.add_argument("-d", "--duration", type=float, help="keep users reconnecting for this many seconds")
+    run.add_argument("--think-time", type=_think_time, default=(1.0, 2.0), help="SECONDS or MIN,MAX (1,2)")
+    run.add_argument("--voice", help="TTS voice to request")
+    run.add_argument("--speed", type=float, help="TTS speed to request (0.5-2)")
+    run.add_argument("--speech-dir", type=Path, help="directory with manifest.json + WAVs (default: shipped)")
+    run.add_argument("--frame-ms", type=int, default=20, help="audio per WebSocket frame (default 20 ms)")
+    run.add_argument("--connect-timeout", type=float, default=30.0, help="seconds to open the WebSocket")
+    run.add_argument("--ready-timeout", type=float, default=180.0, help="seconds from open to `ready`")
+    run.add_argument("--turn-timeout", type=float, default=60.0, help="seconds after speech for the reply")
+    run.add_argument("--match-threshold", type=float, default=0.8, help="word overlap counted as a match")
+    run.add_argument("--no-preflight", action="store_true", help="skip the GET /readyz check")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("-o", "--out", type=Path, default=Path("loadtest-results"), help="results directory")
+    run.add_argument("--seed", type=int, default=0, help="random seed (think times, utterance choice)")
+
+    bench = sub.add_parser("bench", help="start the local stack and measure pod vs connection sharing")
+    bench.add_argument("-o", "--out", type=Path, default=Path("bench"), help="results directory (bench/)")
+    bench.add_argument("--budget-min", type=float, default=10.0, help="soft time budget in minutes (10)")
+    bench.add_argument("--quick", action="store_true", help="fewer samples (for a smoke run)")
+    return parser
+
+
+def _config(args: argparse.Namespace) -> LoadConfig:
+    return LoadConfig(
+        url=args.url,
+        users=args.users,
+        ramp_up_s=args.ramp_up,
+        concurrency=args.concurrency,
+        turns=args.turns,
+        duration_s=args.duration,
+        think_time_s=args.think_time,
+        frame_ms=args.frame_ms,
+        connect_timeout_s=args.connect_timeout,
+        ready_timeout_s=args.ready_timeout,
+        turn_timeout_s=args.turn_timeout,
+        match_threshold=args.match_threshold,
+        voice=args.voice,
+        speed=args.speed,
+        speech_dir=args.speech_dir,
+        preflight=not args.no_preflight,
+        seed=args.seed,
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = _config(args)
+    report = asyncio.run(run_load(config, progress=not args.no_progress))
+    args.out.mkdir(parents=True, exist_ok=True)
+    json_path = args.out / RESULTS_JSON
+    json_path.write_text(report.model_dump_json(indent=2) + "\n")
+    png_path = write_plot(report, args.out / RESULTS_PNG)
+    sys.stdout.write(format_table(report) + "\n")
+    sys.stdout.write(f"results: {json_path}  plot: {png_path}\n")
+    failed = report.turns_total - report.turns_ok + sum(c.error is not None for c in report.connects)
+    return EXIT_FAILURES if failed else 0
+
+
+def _first_error(err: pydantic.ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    return f"{where}: {first['msg']}" if where else first["msg"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging("warning", "console")
+    try:
+        if args.command == "bench":
+            from voicechat_loadtest.bench import run_bench
+
+            return run_bench(args.out, budget_s=args.budget_min * 60, quick=args.quick)
+        return _run(args)
+    except BadTargetError as err:
+        sys.stderr.write(f"voicechat-loadtest: error: {err}\n")
+    except pydantic.ValidationError as err:
+        sys.stderr.write(f"voicechat-loadtest: error: {_first_error(err)}\n")
+    except (FileNotFoundError, ValueError) as err:
+        sys.stderr.write(f"voicechat-loadtest: error: {err}\n")
+    except KeyboardInterrupt:
+        sys.stderr.write("voicechat-loadtest: interrupted\n")
+        return 130
+    return EXIT_BAD_TARGET
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

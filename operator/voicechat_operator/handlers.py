@@ -1,0 +1,98 @@
+"""Thin kopf handlers: every one of them calls :class:`Reconciler`.
+
+They are registered into a registry built per operator (not kopf's process-wide default), so tests can run
+several operators in one process without handlers leaking between them.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from voicechat_operator import API_VERSION, GROUP, PLURAL, kinds
+from voicechat_operator.kube import KubeClient
+from voicechat_operator.reconcile import Reconciler
+from voicechat_operator.render import MANAGED_LABELS
+from voicechat_operator.settings import OperatorSettings
+
+logger = logging.getLogger(__name__)
+
+
+class Credentials:
+    """The connection kopf logged in with, shared with the operator's own API client."""
+
+    def __init__(self) -> None:
+        self.current: kopf.ConnectionInfo | None = None
+
+    def __call__(self) -> kopf.ConnectionInfo | None:
+        return self.current
+
+
+def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
+    """A registry with the operator's handlers, configured by ``settings``."""
+    registry = kopf.OperatorRegistry()
+    credentials = Credentials()
+    reconciler = Reconciler(
+        KubeClient(credentials, field_manager=settings.field_manager, timeout_s=settings.api_timeout_s)
+    )
+
+    @kopf.on.startup(registry=registry)
+    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        # Progress and the last handled spec live in annotations, so the CRD's status schema stays strict.
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix=GROUP, key="last-handled-configuration"
+        )
+        # Kubernetes events only for problems: a timer every minute must not flood `kubectl describe`.
+        settings.posting.level = logging.WARNING
+        settings.networking.request_timeout = operator_settings.api_timeout_s
+        settings.watching.server_timeout = 300
+        settings.watching.client_timeout = 330
+
+    operator_settings = settings
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # In a pod: the service account; elsewhere: $KUBECONFIG (read now, not at import time).
+        info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+        credentials.current = info
+        return info
+
+    @kopf.on.cleanup(registry=registry)
+    async def close(**_: Any) -> None:
+        await reconciler.client.close()
+
+    @kopf.on.create(API_VERSION, PLURAL, registry=registry)
+    async def created(body: kopf.Body, **_: Any) -> None:
+        await reconciler.reconcile(body, force=True)
+
+    @kopf.on.update(API_VERSION, PLURAL, registry=registry)
+    async def updated(body: kopf.Body, **_: Any) -> None:
+        await reconciler.reconcile(body, force=True)
+
+    @kopf.on.resume(API_VERSION, PLURAL, registry=registry)
+    async def resumed(body: kopf.Body, **_: Any) -> None:
+        # After a restart: apply only what is missing or drifted, so nothing churns.
+        await reconciler.reconcile(body, force=False)
+
+    @kopf.timer(
+        API_VERSION,
+        PLURAL,
+        interval=settings.resync_interval_s,
+        initial_delay=settings.resync_interval_s,
+        registry=registry,
+    )
+    async def resync(body: kopf.Body, **_: Any) -> None:
+        await reconciler.reconcile(body, force=False)
+
+    async def child_event(body: kopf.Body, type: str | None, **_: Any) -> None:
+        await reconciler.child_changed(body, type)
+
+    for kind in kinds.CHILD_KINDS:
+        kopf.on.event(
+            kind.api_version, kind.plural, id=f"child-{kind.plural}", labels=MANAGED_LABELS, registry=registry
+        )(child_event)
+
+    return registry

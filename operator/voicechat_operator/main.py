@@ -1,0 +1,40 @@
+"""``voicechat-operator``: kopf running the VoiceChat handlers, configured from ``VOICECHAT_OPERATOR_*``."""
+
+from __future__ import annotations
+
+import logging
+
+import kopf
+
+from voicechat_common.logging import configure_logging
+from voicechat_operator import __version__
+from voicechat_operator.handlers import build_registry
+from voicechat_operator.settings import OperatorSettings
+
+logger = logging.getLogger(__name__)
+
+
+def main() -> None:
+    settings = OperatorSettings()
+    configure_logging(settings.log_level, settings.log_format)
+    logger.info(
+        "starting",
+        extra={
+            "version": __version__,
+            "namespaces": settings.namespaces or "*",
+            "peering": None if settings.standalone else settings.peering_name,
+        },
+    )
+    kopf.run(
+        registry=build_registry(settings),
+        clusterwide=settings.clusterwide,
+        namespaces=settings.namespaces,
+        standalone=settings.standalone,
+        peering_name=settings.peering_name,
+        priority=settings.priority,
+        liveness_endpoint=settings.liveness_endpoint,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,552 @@
+"""Pure render functions: a VoiceChat spec in, the Kubernetes objects of its children out.
+
+Nothing here talks to the API. Every child carries the owner reference and the ``app.kubernetes.io/*`` labels;
+environment variable names come from the services' settings classes through :func:`env_name`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from voicechat_llm.settings import ENGINE_PORT, GATE_PORT, LLMSettings
+from voicechat_operator import API_VERSION, KIND, OPERATOR_NAME, __version__, kinds
+from voicechat_operator.env import env_name
+from voicechat_operator.spec import VoiceChatSpec
+from voicechat_session.metrics import ACTIVE_SESSIONS
+from voicechat_session.settings import PORT as SESSION_PORT
+from voicechat_session.settings import SessionSettings
+
+Obj = dict[str, Any]
+
+APP_NAME = "voicechat"
+LLM = "llm"
+SESSION = "session"
+CONFIG = "config"
+DEFAULT_IMAGE_REPOSITORY = "ghcr.io/voicechat"
+ACTIVE_SESSIONS_METRIC = next(iter(ACTIVE_SESSIONS.describe())).name
+CONFIG_HASH_ANNOTATION = "voicechat.io/config-hash"
+PROMPT_KEY = "system-prompt.txt"
+CONFIG_MOUNT = "/etc/voicechat"
+PROMPT_PATH = f"{CONFIG_MOUNT}/{PROMPT_KEY}"
+# Writable scratch space under a read-only root filesystem: HOME (model caches) and /tmp.
+CACHE_MOUNT = "/var/cache/voicechat"
+RUN_AS = 10001
+# preStop pause: lets endpoint controllers and load balancers stop sending new traffic before SIGTERM.
+PRESTOP_SECONDS = 5
+STARTUP_PERIOD_SECONDS = 10
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The VoiceChat that owns the children (its uid comes from the API server)."""
+
+    name: str
+    namespace: str
+    uid: str
+
+    def reference(self) -> Obj:
+        return {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+# --- names and labels ---------------------------------------------------------------------------------------
+
+
+def llm_name(owner: Owner) -> str:
+    return f"{owner.name}-{LLM}"
+
+
+def session_name(owner: Owner) -> str:
+    return f"{owner.name}-{SESSION}"
+
+
+def config_name(owner: Owner) -> str:
+    return f"{owner.name}-{CONFIG}"
+
+
+def selector_labels(owner: Owner, component: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": APP_NAME,
+        "app.kubernetes.io/instance": owner.name,
+        "app.kubernetes.io/component": component,
+    }
+
+
+def pod_labels(owner: Owner, component: str) -> dict[str, str]:
+    # No version label on pod templates: upgrading the operator alone must not roll (and re-warm) the pods.
+    return {
+        **selector_labels(owner, component),
+        "app.kubernetes.io/part-of": APP_NAME,
+        "app.kubernetes.io/managed-by": OPERATOR_NAME,
+    }
+
+
+def labels(owner: Owner, component: str) -> dict[str, str]:
+    return {**pod_labels(owner, component), "app.kubernetes.io/version": __version__}
+
+
+# Children are found (watches, RBAC-free filtering) by this label pair.
+MANAGED_LABELS = {"app.kubernetes.io/managed-by": OPERATOR_NAME, "app.kubernetes.io/part-of": APP_NAME}
+
+
+def _meta(owner: Owner, name: str, component: str, annotations: dict[str, str] | None = None) -> Obj:
+    meta: Obj = {
+        "name": name,
+        "namespace": owner.namespace,
+        "labels": labels(owner, component),
+        "ownerReferences": [owner.reference()],
+    }
+    if annotations:
+        meta["annotations"] = dict(annotations)
+    return meta
+
+
+def _object(kind: kinds.Kind, meta: Obj, **fields: Any) -> Obj:
+    return {"apiVersion": kind.api_version, "kind": kind.kind, "metadata": meta, **fields}
+
+
+def endpoints(owner: Owner) -> dict[str, str]:
+    """In-cluster URLs of the LLM (OpenAI-compatible base URL and warm-up report) and the session Service."""
+    llm_host = f"{llm_name(owner)}.{owner.namespace}.svc"
+    return {
+        "llm": f"http://{llm_host}:{ENGINE_PORT}/v1",
+        "warmup": f"http://{llm_host}:{GATE_PORT}/warmup",
+        "session": f"http://{session_name(owner)}.{owner.namespace}.svc",
+    }
+
+
+# --- configuration ------------------------------------------------------------------------------------------
+
+
+def llm_settings(owner: Owner, spec: VoiceChatSpec) -> dict[str, str]:
+    """LLM service settings (environment) for this spec, keyed by variable name."""
+    llm = spec.llm
+    values: dict[str, Any] = {
+        "engine": llm.engine,
+        "model": llm.model,
+        "engine_port": ENGINE_PORT,
+        "gate_port": GATE_PORT,
+        "system_prompt_file": PROMPT_PATH,
+        "max_model_len": llm.max_model_len,
+        "extra_args": json.dumps(llm.extra_args),
+        "startup_timeout_s": llm.warmup_timeout_seconds,
+        "drain_timeout_s": llm.drain_seconds,
+        "log_format": "json",
+    }
+    if llm.engine == "vllm" and llm.gpu.count > 0:
+        values["tensor_parallel_size"] = llm.gpu.count
+    if llm.served_model_name:
+        values["served_model_name"] = llm.served_model_name
+    if llm.max_warm_ttft_seconds is not None:
+        values["max_warm_ttft_s"] = llm.max_warm_ttft_seconds
+    return {env_name(LLMSettings, key): str(value) for key, value in values.items()}
+
+
+def session_settings(owner: Owner, spec: VoiceChatSpec) -> dict[str, str]:
+    """Session service settings (environment) for this spec, keyed by variable name."""
+    session, urls = spec.session, endpoints(owner)
+    values: dict[str, Any] = {
+        "port": SESSION_PORT,
+        "llm_url": urls["llm"],
+        "llm_warmup_url": urls["warmup"],
+        "system_prompt_file": PROMPT_PATH,
+        "max_sessions": session.max_sessions_per_pod,
+        "stt_device": session.stt.device,
+        "stt_compute_type": session.stt.compute_type,
+        "stt_language": session.stt.language,
+        "tts_backend": session.tts.engine,
+        "tts_voice": session.tts.voice,
+        "tts_speed": session.tts.speed,
+        "tts_device": session.tts.device,
+        "drain_grace_s": session.drain_seconds,
+        "model_cache_dir": f"{CACHE_MOUNT}/models",
+        "log_format": "json",
+    }
+    if session.stt.model:
+        values["stt_model"] = session.stt.model
+    if spec.llm.served_model_name:
+        values["llm_model"] = spec.llm.served_model_name
+    return {env_name(SessionSettings, key): str(value) for key, value in values.items()}
+
+
+def _hash(*parts: dict[str, str]) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(json.dumps(part, sort_keys=True).encode())
+    return digest.hexdigest()[:16]
+
+
+def render_config_map(owner: Owner, spec: VoiceChatSpec) -> Obj:
+    """The system prompt file plus every service setting, one key per environment variable."""
+    data = {PROMPT_KEY: spec.llm.system_prompt, **llm_settings(owner, spec), **session_settings(owner, spec)}
+    return _object(kinds.CONFIG_MAP, _meta(owner, config_name(owner), CONFIG), data=data)
+
+
+def config_hash(owner: Owner, spec: VoiceChatSpec, component: str) -> str:
+    """Hash of what one component reads from the ConfigMap: a change rolls only that component's pods."""
+    prompt = {PROMPT_KEY: spec.llm.system_prompt}
+    settings = llm_settings(owner, spec) if component == LLM else session_settings(owner, spec)
+    return _hash(prompt, settings)
+
+
+# --- pods ---------------------------------------------------------------------------------------------------
+
+
+def _env_from_config(owner: Owner, settings: dict[str, str]) -> list[Obj]:
+    return [
+        {"name": key, "valueFrom": {"configMapKeyRef": {"name": config_name(owner), "key": key}}}
+        for key in sorted(settings)
+    ]
+
+
+def _container_security() -> Obj:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def _pod_security() -> Obj:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS,
+        "runAsGroup": RUN_AS,
+        "fsGroup": RUN_AS,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _volumes(owner: Owner, extra: list[Obj] | None = None) -> list[Obj]:
+    return [
+        {
+            "name": "config",
+            "configMap": {"name": config_name(owner), "items": [{"key": PROMPT_KEY, "path": PROMPT_KEY}]},
+        },
+        {"name": "cache", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {}},
+        *(extra or []),
+    ]
+
+
+def _mounts(extra: list[Obj] | None = None) -> list[Obj]:
+    return [
+        {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
+        {"name": "cache", "mountPath": CACHE_MOUNT},
+        {"name": "tmp", "mountPath": "/tmp"},
+        *(extra or []),
+    ]
+
+
+def _http_probe(path: str, port: str, period: int, failures: int, timeout: int = 3) -> Obj:
+    return {
+        "httpGet": {"path": path, "port": port},
+        "periodSeconds": period,
+        "failureThreshold": failures,
+        "timeoutSeconds": timeout,
+    }
+
+
+def _pod_spec(spec: VoiceChatSpec, container: Obj, volumes: list[Obj], grace: int, scheduling: Any) -> Obj:
+    pod: Obj = {
+        "containers": [container],
+        "volumes": volumes,
+        "securityContext": _pod_security(),
+        "terminationGracePeriodSeconds": grace,
+        # Service links would inject e.g. VOICECHAT_SESSION_PORT=tcp://… for a VoiceChat named "voicechat",
+        # which collides with the services' own settings.
+        "enableServiceLinks": False,
+        "automountServiceAccountToken": False,
+    }
+    if scheduling.node_selector:
+        pod["nodeSelector"] = dict(scheduling.node_selector)
+    if scheduling.tolerations:
+        pod["tolerations"] = [dict(t) for t in scheduling.tolerations]
+    if spec.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": s.name} for s in spec.image_pull_secrets]
+    return pod
+
+
+def _image(explicit: str | None, component: str) -> str:
+    return explicit or f"{DEFAULT_IMAGE_REPOSITORY}/voicechat-{component}:{__version__}"
+
+
+def render_llm_deployment(owner: Owner, spec: VoiceChatSpec) -> Obj:
+    """The warm-gated LLM: ready only after the gate's warm-up; a startup probe budget covers model loading."""
+    llm = spec.llm
+    resources: Obj = {"requests": dict(llm.resources.requests), "limits": dict(llm.resources.limits)}
+    if llm.gpu.count > 0:
+        resources["limits"][llm.gpu.resource_name] = str(llm.gpu.count)
+    resources = {k: v for k, v in resources.items() if v}
+    container: Obj = {
+        "name": LLM,
+        "image": _image(llm.image, LLM),
+        "imagePullPolicy": llm.image_pull_policy,
+        "command": ["voicechat-llm"],
+        "ports": [
+            {"name": "engine", "containerPort": ENGINE_PORT, "protocol": "TCP"},
+            {"name": "gate", "containerPort": GATE_PORT, "protocol": "TCP"},
+        ],
+        "env": [{"name": "HOME", "value": CACHE_MOUNT}, *_env_from_config(owner, llm_settings(owner, spec))],
+        "startupProbe": _http_probe(
+            "/livez",
+            "gate",
+            STARTUP_PERIOD_SECONDS,
+            math.ceil(llm.startup_budget_seconds / STARTUP_PERIOD_SECONDS),
+            5,
+        ),
+        "readinessProbe": _http_probe("/readyz", "gate", 5, 2),
+        "livenessProbe": _http_probe("/livez", "gate", 15, 4, 5),
+        "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(PRESTOP_SECONDS)]}}},
+        "resources": resources,
+        "securityContext": _container_security(),
+        "volumeMounts": _mounts([{"name": "dshm", "mountPath": "/dev/shm"}]),
+    }
+    # vLLM's workers share tensors through /dev/shm; the container runtime's default is 64 MiB.
+    shm = {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}}
+    pod = _pod_spec(spec, container, _volumes(owner, [shm]), llm.drain_seconds + PRESTOP_SECONDS + 10, llm)
+    template = {
+        "metadata": {
+            "labels": pod_labels(owner, LLM),
+            "annotations": {CONFIG_HASH_ANNOTATION: config_hash(owner, spec, LLM)},
+        },
+        "spec": pod,
+    }
+    return _object(
+        kinds.DEPLOYMENT,
+        _meta(owner, llm_name(owner), LLM),
+        spec={
+            "replicas": llm.replicas,
+            "selector": {"matchLabels": selector_labels(owner, LLM)},
+            # A new LLM pod serves only once warm; the old one keeps serving until then.
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "progressDeadlineSeconds": llm.startup_budget_seconds + 300,
+            "revisionHistoryLimit": 5,
+            "template": template,
+        },
+    )
+
+
+def render_llm_service(owner: Owner, spec: VoiceChatSpec) -> Obj:
+    return _object(
+        kinds.SERVICE,
+        _meta(owner, llm_name(owner), LLM),
+        spec={
+            "type": "ClusterIP",
+            "selector": selector_labels(owner, LLM),
+            "ports": [
+                {"name": "engine", "port": ENGINE_PORT, "targetPort": "engine", "protocol": "TCP"},
+                {"name": "gate", "port": GATE_PORT, "targetPort": "gate", "protocol": "TCP"},
+            ],
+        },
+    )
+
+
+def render_session_deployment(owner: Owner, spec: VoiceChatSpec) -> Obj:
+    """Session pods. No ``replicas``: the HorizontalPodAutoscaler owns that field."""
+    session = spec.session
+    container: Obj = {
+        "name": SESSION,
+        "image": _image(session.image, SESSION),
+        "imagePullPolicy": session.image_pull_policy,
+        "command": ["voicechat-session"],
+        "ports": [{"name": "http", "containerPort": SESSION_PORT, "protocol": "TCP"}],
+        "env": [
+            {"name": "HOME", "value": CACHE_MOUNT},
+            *_env_from_config(owner, session_settings(owner, spec)),
+        ],
+        "startupProbe": _http_probe("/livez", "http", 5, 60),
+        # /readyz turns 503 at maxSessionsPerPod and while draining: the pod leaves the Service endpoints.
+        "readinessProbe": _http_probe("/readyz", "http", 5, 1),
+        "livenessProbe": _http_probe("/livez", "http", 15, 4, 5),
+        "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(PRESTOP_SECONDS)]}}},
+        "resources": {k: dict(v) for k, v in session.resources.model_dump().items() if v},
+        "securityContext": _container_security(),
+        "volumeMounts": _mounts(),
+    }
+    pod = _pod_spec(spec, container, _volumes(owner), session.drain_seconds + PRESTOP_SECONDS + 10, session)
+    template = {
+        "metadata": {
+            "labels": pod_labels(owner, SESSION),
+            "annotations": {CONFIG_HASH_ANNOTATION: config_hash(owner, spec, SESSION)},
+        },
+        "spec": pod,
+    }
+    return _object(
+        kinds.DEPLOYMENT,
+        _meta(owner, session_name(owner), SESSION),
+        spec={
+            "selector": {"matchLabels": selector_labels(owner, SESSION)},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0}},
+            "revisionHistoryLimit": 5,
+            "template": template,
+        },
+    )
+
+
+def render_session_service(owner: Owner, spec: VoiceChatSpec) -> Obj:
+    service = spec.service
+    return _object(
+        kinds.SERVICE,
+        _meta(owner, session_name(owner), SESSION, service.annotations),
+        spec={
+            "type": service.type,
+            "selector": selector_labels(owner, SESSION),
+            "ports": [{"name": "http", "port": service.port, "targetPort": "http", "protocol": "TCP"}],
+        },
+    )
+
+
+def render_hpa(owner: Owner, spec: VoiceChatSpec) -> Obj:
+    session, scaling = spec.session, spec.session.autoscaling
+    metrics: list[Obj] = []
+    if scaling.target_cpu_utilization_percent:
+        metrics.append(
+            {
+                "type": "Resource",
+                "resource": {
+                    "name": "cpu",
+                    "target": {
+                        "type": "Utilization",
+                        "averageUtilization": scaling.target_cpu_utilization_percent,
+                    },
+                },
+            }
+        )
+    if scaling.target_active_sessions_per_pod:
+        metrics.append(
+            {
+                "type": "Pods",
+                "pods": {
+                    "metric": {"name": ACTIVE_SESSIONS_METRIC},
+                    "target": {
+                        "type": "AverageValue",
+                        "averageValue": str(scaling.target_active_sessions_per_pod),
+                    },
+                },
+            }
+        )
+    return _object(
+        kinds.HPA,
+        _meta(owner, session_name(owner), SESSION),
+        spec={
+            "scaleTargetRef": {
+                "apiVersion": kinds.DEPLOYMENT.api_version,
+                "kind": "Deployment",
+                "name": session_name(owner),
+            },
+            "minReplicas": session.min_replicas,
+            "maxReplicas": session.max_replicas,
+            "metrics": metrics,
+            "behavior": {
+                # Scale up fast (a new pod needs a while to load its models); scale down slowly, one pod a
+                # minute, after load stayed low for the stabilization window (each pod drains its sessions).
+                "scaleUp": {
+                    "stabilizationWindowSeconds": 0,
+                    "selectPolicy": "Max",
+                    "policies": [
+                        {"type": "Percent", "value": 100, "periodSeconds": 15},
+                        {"type": "Pods", "value": 4, "periodSeconds": 15},
+                    ],
+                },
+                "scaleDown": {
+                    "stabilizationWindowSeconds": scaling.scale_down_stabilization_seconds,
+                    "selectPolicy": "Min",
+                    "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}],
+                },
+            },
+        },
+    )
+
+
+def render_pdb(owner: Owner, spec: VoiceChatSpec) -> Obj:
+    return _object(
+        kinds.PDB,
+        _meta(owner, session_name(owner), SESSION),
+        spec={"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(owner, SESSION)}},
+    )
+
+
+def render_network_policy(owner: Owner, spec: VoiceChatSpec) -> Obj:
+    """Only this VoiceChat's session pods reach the LLM; Prometheus' namespace may scrape the gate."""
+    return _object(
+        kinds.NETWORK_POLICY,
+        _meta(owner, llm_name(owner), LLM),
+        spec={
+            "podSelector": {"matchLabels": selector_labels(owner, LLM)},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    "from": [{"podSelector": {"matchLabels": selector_labels(owner, SESSION)}}],
+                    "ports": [
+                        {"protocol": "TCP", "port": ENGINE_PORT},
+                        {"protocol": "TCP", "port": GATE_PORT},
+                    ],
+                },
+                {
+                    "from": [
+                        {
+                            "namespaceSelector": {
+                                "matchLabels": {"kubernetes.io/metadata.name": spec.monitoring.namespace}
+                            }
+                        }
+                    ],
+                    "ports": [{"protocol": "TCP", "port": GATE_PORT}],
+                },
+            ],
+        },
+    )
+
+
+def render_pod_monitor(owner: Owner, spec: VoiceChatSpec) -> Obj:
+    """Scrapes the session pods (:http/metrics) and the LLM gate (:gate/metrics)."""
+    interval = spec.monitoring.interval
+    return _object(
+        kinds.POD_MONITOR,
+        _meta(owner, owner.name, "monitoring"),
+        spec={
+            "selector": {
+                "matchLabels": {"app.kubernetes.io/name": APP_NAME, "app.kubernetes.io/instance": owner.name},
+                "matchExpressions": [
+                    {"key": "app.kubernetes.io/component", "operator": "In", "values": [LLM, SESSION]}
+                ],
+            },
+            "podMetricsEndpoints": [
+                {"port": "http", "path": "/metrics", "interval": interval},
+                {"port": "gate", "path": "/metrics", "interval": interval},
+            ],
+        },
+    )
+
+
+def render_children(owner: Owner, spec: VoiceChatSpec) -> list[Obj]:
+    """Every child of the VoiceChat, in apply order (configuration before the pods that read it)."""
+    children = [
+        render_config_map(owner, spec),
+        render_llm_service(owner, spec),
+        render_network_policy(owner, spec),
+        render_llm_deployment(owner, spec),
+        render_session_service(owner, spec),
+        render_session_deployment(owner, spec),
+        render_hpa(owner, spec),
+        render_pdb(owner, spec),
+    ]
+    if spec.monitoring.pod_monitor:
+        children.append(render_pod_monitor(owner, spec))
+    return children
+
+
+def absent_children(owner: Owner, spec: VoiceChatSpec) -> list[tuple[kinds.Kind, str]]:
+    """Optional children this spec does not want: they are deleted if they exist."""
+    return [] if spec.monitoring.pod_monitor else [(kinds.POD_MONITOR, owner.name)]

@@ -1,0 +1,106 @@
+"""Embedded engine: llama.cpp's own HTTP server, started in-process through xllamacpp (CPU).
+
+``xllamacpp.Server(params)`` loads the model and starts listening before it returns; releasing the object
+stops the server. Continuous batching runs over ``n_parallel`` slots sharing ``n_ctx``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from typing import Any
+
+import xllamacpp
+
+from voicechat_llm.config import StartPlan
+from voicechat_llm.engines.base import Engine, EngineError
+from voicechat_llm.settings import LLMSettings
+
+log = logging.getLogger(__name__)
+
+# llama.cpp log verbosity: 2 = errors and warnings, 3 = info, 4 = debug (its `-lv N`).
+_VERBOSITY = {"debug": 4, "info": 2, "warning": 2, "error": 1}
+
+
+def build_params(settings: LLMSettings, plan: StartPlan) -> Any:
+    """llama.cpp server parameters from settings (``xllamacpp.CommonParams``)."""
+    params = xllamacpp.CommonParams()
+    params.model.path = plan.model
+    params.model_alias = {plan.served_model_name}
+    params.hostnames = [settings.host]
+    params.port = settings.engine_port
+    params.n_parallel = settings.parallel
+    params.cont_batching = True
+    params.n_ctx = settings.max_model_len
+    # -1 lets llama.cpp pick the number of physical cores.
+    params.cpuparams.n_threads = settings.threads or -1
+    params.cpuparams_batch.n_threads = settings.threads or -1
+    params.endpoint_metrics = True
+    params.endpoint_slots = True
+    params.cache_prompt = True
+    params.verbosity = _VERBOSITY[settings.log_level]
+    return params
+
+
+def _release(holder: list[Any]) -> None:
+    # Dropping the last reference runs the C++ destructor, which joins the server threads.
+    holder.clear()
+
+
+class LlamaCppEngine(Engine):
+    name = "llamacpp"
+
+    def __init__(self, settings: LLMSettings, plan: StartPlan) -> None:
+        super().__init__(settings, plan)
+        self._server: list[Any] = []  # the xllamacpp.Server, held in a list so a worker thread can drop it
+        self._stopping = False
+
+    @property
+    def pid(self) -> int | None:
+        return os.getpid() if self._server else None
+
+    async def start(self) -> None:
+        params = build_params(self.settings, self.plan)
+        log.info(
+            "starting llama.cpp engine",
+            extra={
+                "model": self.plan.model,
+                "port": self.settings.engine_port,
+                "parallel": self.settings.parallel,
+                "n_ctx": self.settings.max_model_len,
+            },
+        )
+        # Loads the model and binds the port: blocking, so off the event loop.
+        loading = asyncio.ensure_future(asyncio.to_thread(xllamacpp.Server, params))
+        try:
+            server = await asyncio.shield(loading)
+        except asyncio.CancelledError:
+            # A load cannot be interrupted: let it finish, then release the server it made.
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(_release, [await loading])
+            raise
+        except Exception as err:
+            raise EngineError(f"llama.cpp could not load {self.plan.model}: {err}") from err
+        if self._stopping:
+            await asyncio.to_thread(_release, [server])
+            raise EngineError("stopped while starting")
+        self._server.append(server)
+
+    def is_alive(self) -> bool:
+        # In-process: the server lives exactly as long as the object does.
+        return bool(self._server) and not self._stopping
+
+    async def stop(self, timeout_s: float) -> None:
+        self._stopping = True
+        if not self._server:
+            self._mark_exited(None)
+            return
+        holder = [self._server.pop()]
+        try:
+            await asyncio.wait_for(asyncio.to_thread(_release, holder), timeout_s)
+        except TimeoutError:
+            log.warning("llama.cpp engine did not stop in time", extra={"timeout_s": timeout_s})
+        self._mark_exited(0)
+        log.info("llama.cpp engine stopped")

@@ -1,0 +1,196 @@
+"""The pod: shared read-only models, the bounded model pool, the LLM client and the open sessions.
+
+Everything here is shared by the connections of one process, and none of it holds conversation state: that
+lives in :class:`voicechat_session.connection.Connection`, one per WebSocket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+import httpx
+
+from voicechat_session import metrics
+from voicechat_session.backends.loader import ModelSet, load_models, warm_up, worker_count
+from voicechat_session.llm import LLMClient
+from voicechat_session.settings import SessionSettings
+
+if TYPE_CHECKING:
+    from voicechat_session.connection import Connection
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class LlmInfo:
+    """What the session service knows about the shared LLM (from its gate's ``/warmup``)."""
+
+    model: str | None = None
+    warm_ttft_ms: float | None = None
+    report: dict[str, Any] | None = None
+
+
+def parse_warmup_report(raw: Any) -> LlmInfo:
+    """The LLM service's warm-up report (``voicechat_llm.report.WarmupReport``), tolerating other shapes."""
+    if not isinstance(raw, dict):
+        return LlmInfo()
+    try:
+        from voicechat_llm.report import WarmupReport
+    except ImportError:  # a session image without the LLM package: read the fields we need by name
+        ttft = raw.get("warm_ttft_seconds")
+        model = raw.get("served_model_name") or raw.get("model")
+        return LlmInfo(
+            model=model if isinstance(model, str) else None,
+            warm_ttft_ms=float(ttft) * 1000 if isinstance(ttft, int | float) else None,
+            report=raw,
+        )
+    try:
+        report = WarmupReport.model_validate(raw)
+    except ValueError:
+        return LlmInfo(report=raw)
+    ttft_ms = report.warm_ttft_seconds * 1000 if report.warm_ttft_seconds is not None else None
+    return LlmInfo(
+        model=report.served_model_name, warm_ttft_ms=ttft_ms, report=report.model_dump(mode="json")
+    )
+
+
+class Pod:
+    """Process-wide state of the session service."""
+
+    def __init__(self, settings: SessionSettings) -> None:
+        self.settings = settings
+        self.workers = worker_count(settings)
+        # STT and TTS: seconds-long calls, as many at once as there are cores.
+        self.executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="model")
+        # VAD: sub-millisecond calls on every audio frame; their own thread so they never queue behind a
+        # transcription (a slow turn elsewhere must not delay this session's barge-in or endpointing).
+        self.vad_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vad")
+        self.models: ModelSet | None = None
+        self.warmup_seconds: dict[str, float] = {}
+        self.voices: list[str] = []
+        self.llm_info = LlmInfo(model=settings.llm_model)
+        self.http = httpx.AsyncClient(timeout=httpx.Timeout(10.0), limits=httpx.Limits(max_connections=None))
+        self.llm = LLMClient(settings, self.http)
+        self.sessions: dict[str, Connection] = {}
+        self.draining = False
+        self.drained = asyncio.Event()
+        self.not_ready_reason: str | None = "loading models"
+        self._inflight = 0
+        self._inflight_lock = threading.Lock()
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Load and warm the shared models (``sharing=pod``), read the LLM's warm-up report."""
+        started = time.perf_counter()
+        if self.settings.sharing == "pod":
+            self.models = await self.run_model(load_models, self.settings)
+            metrics.MODEL_LOADS_TOTAL.labels(scope="pod").inc()
+            self.not_ready_reason = "warming up models"
+            self.warmup_seconds = await self.run_model(warm_up, self.models, self.settings)
+            self.voices = list(self.models.tts.voices)
+        else:
+            # Voices are needed for validation before any connection loads its own models; TTS alone.
+            self.voices = await self.run_model(_voices_of, self.settings)
+        await self.refresh_llm_info()
+        self.not_ready_reason = None
+        log.info(
+            "session service ready",
+            extra={
+                "sharing": self.settings.sharing,
+                "workers": self.workers,
+                "startup_s": round(time.perf_counter() - started, 3),
+                "llm_model": self.llm_info.model,
+            },
+        )
+
+    async def refresh_llm_info(self) -> None:
+        url = self.settings.llm_warmup_url
+        if url:
+            try:
+                response = await self.http.get(url, timeout=3.0)
+                response.raise_for_status()
+                self.llm_info = parse_warmup_report(response.json())
+            except (httpx.HTTPError, ValueError) as exc:
+                log.warning("LLM warm-up report unavailable", extra={"url": url, "error": str(exc)})
+        if self.llm_info.model is None:
+            self.llm_info = LlmInfo(
+                model=await self.llm.resolve_model(),
+                warm_ttft_ms=self.llm_info.warm_ttft_ms,
+                report=self.llm_info.report,
+            )
+
+    async def close(self) -> None:
+        await self.http.aclose()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.vad_executor.shutdown(wait=False, cancel_futures=True)
+
+    async def drain(self) -> None:
+        """SIGTERM: refuse new sessions, let open ones finish their turn within the grace period, close."""
+        if self.draining:
+            await self.drained.wait()
+            return
+        self.draining = True
+        log.info("draining", extra={"sessions": len(self.sessions), "grace_s": self.settings.drain_grace_s})
+        await asyncio.gather(*(c.drain(self.settings.drain_grace_s) for c in list(self.sessions.values())))
+        self.drained.set()
+        log.info("drained")
+
+    # ---------------------------------------------------------------------------------------- admission
+    def readiness(self) -> str | None:
+        """None when ready for a new session, else why not."""
+        if self.draining:
+            return "draining: the service is shutting down"
+        if self.not_ready_reason is not None:
+            return self.not_ready_reason
+        if len(self.sessions) >= self.settings.max_sessions:
+            return f"full: {len(self.sessions)} of max_sessions={self.settings.max_sessions} sessions open"
+        return None
+
+    def register(self, connection: Connection) -> None:
+        self.sessions[connection.session_id] = connection
+        metrics.ACTIVE_SESSIONS.set(len(self.sessions))
+
+    def unregister(self, connection: Connection) -> None:
+        self.sessions.pop(connection.session_id, None)
+        metrics.ACTIVE_SESSIONS.set(len(self.sessions))
+
+    # ------------------------------------------------------------------------------------ blocking work
+    @property
+    def pool_idle(self) -> bool:
+        """No model call is running or queued (partial transcripts only use idle capacity)."""
+        return self._inflight == 0
+
+    async def run_model(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run a blocking model call in the bounded pool. The count drops when the *thread* finishes, not
+        when an awaiting task is cancelled, so ``pool_idle`` reflects the cores' real state."""
+        with self._inflight_lock:
+            self._inflight += 1
+        future: Future[T] = self.executor.submit(functools.partial(fn, *args, **kwargs))
+        future.add_done_callback(self._job_done)
+        return await asyncio.wrap_future(future)
+
+    async def run_vad(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        return await asyncio.get_running_loop().run_in_executor(
+            self.vad_executor, functools.partial(fn, *args, **kwargs)
+        )
+
+    def _job_done(self, _future: Future[Any]) -> None:
+        with self._inflight_lock:
+            self._inflight -= 1
+
+
+def _voices_of(settings: SessionSettings) -> list[str]:
+    from voicechat_session.backends.loader import load_tts
+
+    return list(load_tts(settings).voices)

@@ -1,0 +1,265 @@
+"""The browser client in a real headless Chromium against the real stack (LLM service + session service).
+
+The fake microphone plays a spoken WAV; the page is driven like a person drives it (clicks, typing, keys)
+and observed through its DOM and its own state on ``window.voicechat`` (the player worklet's counters of
+samples really rendered, per turn).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Page, WebSocketRoute, expect
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+from tests.browser.conftest import PageLog, publish_screenshot
+from tests.conftest import REPO_ROOT
+from tests.support.speech import speech_wav, words
+from voicechat_session.protocol import OUTPUT_SAMPLE_RATE
+
+pytestmark = [pytest.mark.browser, pytest.mark.models]
+
+UTTERANCE = "What is the capital of France?"
+# The CPU stack shares two cores with other work: generous deadlines, always conditions, never sleeps.
+TURN_TIMEOUT_S = 180.0
+CAPTURE_RATE = 16_000  # what the page announces in `start`
+
+OpenPage = Callable[..., tuple[Page, PageLog]]
+
+
+@pytest.fixture(scope="module")
+def spoken_wav() -> Path:
+    # A second of silence first (the AGC settles), then the question, then long silence so the VAD ends the turn.
+    return speech_wav(UTTERANCE, lead_s=1.0, tail_s=12.0)
+
+
+def state(page: Page) -> dict[str, object]:
+    value = page.evaluate("JSON.stringify(window.voicechat)")
+    assert isinstance(value, str)
+    parsed = json.loads(value)
+    assert isinstance(parsed, dict)
+    return parsed
+
+
+def wait_until(page: Page, expression: str, timeout_s: float, what: str) -> None:
+    """Wait for a JavaScript condition on the page; fail with the page's state if it never holds."""
+    try:
+        page.wait_for_function(expression, timeout=timeout_s * 1000, polling=50)
+    except PlaywrightTimeout:
+        pytest.fail(f"{what}: not within {timeout_s:.0f}s. Page state: {json.dumps(state(page))[:3000]}")
+
+
+def wait_connected(page: Page) -> None:
+    wait_until(page, "window.voicechat && window.voicechat.state === 'connected'", 30, "page connected")
+    expect(page.locator("#connection-text")).to_have_text("Connected")
+
+
+def test_spoken_turn_shows_words_reply_and_plays_audio(
+    open_page: OpenPage, session_url: str, spoken_wav: Path, browser_dir: Path
+) -> None:
+    page, log = open_page(f"{session_url}/", wav=spoken_wav)
+    wait_connected(page)
+    expect(page.locator("#voice option")).not_to_have_count(0)
+
+    started = time.monotonic()
+    page.get_by_role("button", name="Start the microphone").click()
+    expect(page.get_by_role("button", name="Stop the microphone")).to_be_visible()
+    wait_until(page, "window.voicechat.framesSent > 10", 30, "microphone frames sent")
+
+    # The page announced the rate it resamples to (whatever the context runs at), then streamed binary PCM.
+    start = log.sent_of_type("start")
+    assert len(start) == 1, log.sent
+    assert start[0]["sample_rate"] == CAPTURE_RATE
+    assert log.binary_sent > 10
+
+    wait_until(page, "window.voicechat.transcripts.length > 0", TURN_TIMEOUT_S, "final transcript shown")
+    user_text = page.locator(".msg.user .body").first
+    heard = words(user_text.inner_text())
+    assert {"capital", "france"} <= set(heard), f"transcript {heard!r} misses the spoken words"
+
+    wait_until(page, "window.voicechat.assistantTexts.length > 0", TURN_TIMEOUT_S, "assistant reply finished")
+    wait_until(page, "window.voicechat.samplesPlayed > 0", TURN_TIMEOUT_S, "reply audio played")
+    wait_until(page, "window.voicechat.turnMetrics.length > 0", TURN_TIMEOUT_S, "turn metrics shown")
+    # The rest of the reply plays out; the page settles back to listening.
+    wait_until(page, "window.voicechat.activity === 'listening'", TURN_TIMEOUT_S, "reply played out")
+    elapsed = time.monotonic() - started
+
+    reply = page.locator(".msg.assistant .body").first.inner_text().strip()
+    assert len(words(reply)) >= 2, reply
+    s = state(page)
+    played = s["samplesPlayed"]
+    received = s["samplesReceived"]
+    rate = s["contextSampleRate"]
+    assert isinstance(played, int) and isinstance(received, int) and isinstance(rate, int)
+    # Everything received was rendered, resampled from 24 kHz to the context rate (within a render quantum).
+    assert received > OUTPUT_SAMPLE_RATE // 4, f"only {received} samples of reply audio"
+    assert played == pytest.approx(received * rate / OUTPUT_SAMPLE_RATE, abs=rate * 0.02)
+    assert isinstance(s["playedPeak"], float) and s["playedPeak"] > 0.02, "the played reply was silent"
+    assert s["bufferedSamples"] == 0
+
+    metrics = page.locator(".msg.assistant .metrics").first
+    expect(metrics).to_contain_text("STT")
+    expect(metrics).to_contain_text("LLM first token")
+    expect(metrics).to_contain_text("First audio")
+    assert log.received_of_type("turn_metrics")[0]["source"] == "voice"
+
+    shot = browser_dir / "spoken-turn.png"
+    page.screenshot(path=str(shot))
+    publish_screenshot(shot, REPO_ROOT)
+    assert log.unexpected_errors() == []
+    print(f"spoken turn: click → reply played out in {elapsed:.1f}s; transcript {user_text.inner_text()!r}")
+
+
+def test_interrupt_flushes_playback_and_next_turn_plays(
+    open_page: OpenPage, session_url: str, browser_dir: Path
+) -> None:
+    page, log = open_page(f"{session_url}/")
+    wait_connected(page)
+
+    # A typed turn, sent with Enter from the keyboard.
+    box = page.get_by_label("Message")
+    box.fill("Tell me a long story about a brave little robot who sails across the ocean.")
+    box.press("Enter")
+    expect(page.locator(".msg.user .body").first).to_contain_text("brave little robot")
+
+    # Interrupt while reply audio is playing and more of it is waiting in the jitter buffer.
+    wait_until(
+        page,
+        "window.voicechat.playingTurn !== null && window.voicechat.bufferedSamples > 0",
+        TURN_TIMEOUT_S,
+        "reply audio playing with audio buffered",
+    )
+    expect(page.get_by_role("button", name="Interrupt")).to_be_enabled()
+    page.get_by_role("button", name="Interrupt").click()
+
+    # Flushed at once: the player reports an empty buffer without waiting for the server.
+    wait_until(
+        page, "window.voicechat.flushes >= 1 && window.voicechat.bufferedSamples === 0", 2, "playback flushed"
+    )
+    s = state(page)
+    turn = str(s["playingTurn"])
+    played_at_flush = s["playedByTurn"][turn]  # type: ignore[index]
+    received_at_flush = s["receivedByTurn"][turn]  # type: ignore[index]
+    assert s["samplesFlushed"] > 0  # type: ignore[operator]
+
+    # The server confirms; nothing more of that turn reaches the player or the speakers.
+    wait_until(page, "(window.voicechat.messageCounts.interrupted || 0) >= 1", 30, "server sent interrupted")
+    assert [m["turn_id"] for m in log.received_of_type("interrupted")] == [int(turn)]
+    assert log.sent_of_type("interrupt"), log.sent
+    expect(page.locator(f'.turn[data-turn="{turn}"]')).to_have_class(re.compile(r"\binterrupted\b"))
+    expect(page.get_by_role("button", name="Interrupt")).to_be_disabled()
+    page.wait_for_timeout(1500)  # observing an absence: give late frames of the turn time to (not) play
+    s = state(page)
+    assert s["playedByTurn"][turn] == played_at_flush  # type: ignore[index]
+    assert s["receivedByTurn"][turn] == received_at_flush  # type: ignore[index]
+    assert s["activity"] != "assistant"
+
+    # Not stuck "speaking" after the interruption: the next turn plays normally.
+    box.fill("Say hello.")
+    box.press("Enter")
+    wait_until(
+        page,
+        f"Object.keys(window.voicechat.playedByTurn).some(t => Number(t) > {turn} && "
+        "window.voicechat.playedByTurn[t] > 0)",
+        TURN_TIMEOUT_S,
+        "next turn's audio played",
+    )
+    page.screenshot(path=str(browser_dir / "after-interrupt.png"))
+    assert log.unexpected_errors() == []
+
+
+def test_server_error_is_shown_in_words(open_page: OpenPage, session_url: str, browser_dir: Path) -> None:
+    page, log = open_page(f"{session_url}/")
+    wait_connected(page)
+    # A voice list gone stale (say, the pod was redeployed with other voices): pick a voice the server lacks.
+    page.evaluate("document.getElementById('voice').add(new Option('Old voice', 'zz_retired'))")
+    page.get_by_label("Voice", exact=True).select_option("zz_retired")
+
+    banner = page.get_by_role("alert")
+    expect(banner).to_be_visible(timeout=30_000)
+    expect(banner).to_contain_text("That voice is not available on this server")
+    assert "unknown_voice" not in banner.inner_text()
+    assert [m["code"] for m in log.received_of_type("error")] == ["unknown_voice"]
+    # The session survives and the page falls back to a voice the server has.
+    expect(page.get_by_label("Voice", exact=True)).not_to_have_value("zz_retired")
+    assert state(page)["state"] == "connected"
+    page.screenshot(path=str(browser_dir / "error-shown.png"))
+
+    page.get_by_role("button", name="Dismiss the error").click()
+    expect(banner).to_be_hidden()
+    assert log.unexpected_errors() == []
+
+
+def test_dropped_connection_reconnects_with_countdown(
+    open_page: OpenPage, session_url: str, browser_dir: Path
+) -> None:
+    routes: list[WebSocketRoute] = []
+
+    def relay(route: WebSocketRoute) -> None:
+        route.connect_to_server()
+        routes.append(route)
+
+    # Relay the page's socket through Playwright so the test can cut it like a network drop would.
+    launch_page, log = open_page("about:blank")
+    launch_page.route_web_socket(re.compile(r".*/ws$"), relay)
+    launch_page.goto(f"{session_url}/")
+    wait_connected(launch_page)
+    first_session = state(launch_page)["sessionId"]
+
+    routes[-1].close()  # as if the network dropped: no error message, no application close code
+    status = launch_page.locator("#connection-text")
+    expect(status).to_have_text(re.compile(r"Reconnecting in \d+ s…"), timeout=10_000)
+    launch_page.screenshot(path=str(browser_dir / "reconnecting.png"))
+    expect(launch_page.get_by_role("button", name="Reconnect now")).to_be_visible()
+
+    wait_connected(launch_page)
+    s = state(launch_page)
+    assert s["sessionId"] != first_session
+    assert s["reconnects"] == 1
+    assert len(routes) == 2
+    assert log.unexpected_errors() == []
+
+
+def test_page_is_usable_on_a_phone_and_by_keyboard(open_page: OpenPage, session_url: str, browser_dir: Path) -> None:
+    page, log = open_page(f"{session_url}/", viewport={"width": 390, "height": 844})
+    wait_connected(page)
+    # Nothing wider than the screen; every control reachable and labelled.
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    for control in (
+        page.get_by_role("button", name="Start the microphone"),
+        page.get_by_role("button", name="Interrupt"),
+        page.get_by_role("button", name="Reset"),
+        page.get_by_label("Message"),
+        page.get_by_role("button", name="Send"),
+    ):
+        expect(control).to_be_visible()
+        box = control.bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390
+        assert box["height"] >= 40, "touch targets at least ~44 px high"
+    page.get_by_text("Voice settings").click()
+    expect(page.get_by_label("Voice", exact=True)).to_be_visible()
+    expect(page.get_by_label("Speed")).to_be_visible()
+    assert page.get_by_label("Voice", exact=True).locator("option").count() > 0
+
+    # Keyboard: the skip link leads to the message box, and Tab walks the controls in reading order.
+    page.keyboard.press("Tab")
+    expect(page.locator(".skip-link")).to_be_focused()
+    order = []
+    for _ in range(6):
+        page.keyboard.press("Tab")
+        order.append(page.evaluate("document.activeElement.id || document.activeElement.tagName"))
+    # (Interrupt is disabled while the assistant is silent, so Tab skips it.)
+    assert order == ["start", "reset", "text-input", "send", "SUMMARY", "voice"], order
+
+    # Speed changes reach the server as `configure` and are acknowledged.
+    page.get_by_label("Speed").fill("1.25")
+    expect(page.locator("#speed-value")).to_have_text("1.25×")
+    wait_until(page, "window.voicechat.speed === 1.25", 30, "speed applied")
+    assert any(m.get("speed") == 1.25 for m in log.sent_of_type("configure"))
+    page.screenshot(path=str(browser_dir / "phone.png"), full_page=True)
+    assert log.unexpected_errors() == []

@@ -1,0 +1,151 @@
+"""Pure parts of the LLM service: the vLLM command line, readiness, warm-up figures, engine metrics."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support.fake_vllm import build_parser
+from voicechat_llm.engines.vllm import build_vllm_argv
+from voicechat_llm.gate import GateState, Phase
+from voicechat_llm.metrics import GateMetrics, count_in_flight
+from voicechat_llm.report import WarmupReport, WarmupSample
+from voicechat_llm.settings import LLMSettings
+from voicechat_llm.warmup import WarmupError, chunk_content, parse_sse_data, warm_figures, warmup_user_turn
+
+
+def _settings(**values: object) -> LLMSettings:
+    return LLMSettings.model_validate(values)
+
+
+def test_vllm_argv_from_settings() -> None:
+    settings = _settings(
+        engine="vllm",
+        host="0.0.0.0",
+        engine_port=8000,
+        max_model_len=8192,
+        gpu_memory_utilization=0.85,
+        tensor_parallel_size=2,
+        extra_args=["--max-num-seqs", "64", "--enforce-eager"],
+        vllm_executable="/opt/bin/vllm",
+    )
+    argv = build_vllm_argv(settings, "meta-llama/Llama-3.1-8B-Instruct", "llama")
+    assert argv == [
+        "/opt/bin/vllm",
+        "serve",
+        "meta-llama/Llama-3.1-8B-Instruct",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "8000",
+        "--served-model-name",
+        "llama",
+        "--max-model-len",
+        "8192",
+        "--gpu-memory-utilization",
+        "0.85",
+        "--tensor-parallel-size",
+        "2",
+        "--enable-prefix-caching",
+        "--max-num-seqs",
+        "64",
+        "--enforce-eager",
+    ]
+
+
+def test_vllm_argv_prefix_caching_off_and_parsed_like_vllm() -> None:
+    argv = build_vllm_argv(_settings(enable_prefix_caching=False), "m", "served")
+    assert "--no-enable-prefix-caching" in argv
+    assert "--enable-prefix-caching" not in argv
+    # The stand-in's strict parser (vLLM's flag names) accepts exactly what the builder produces.
+    parsed = build_parser().parse_args(argv[1:])
+    assert parsed.enable_prefix_caching is False
+    assert parsed.served_model_name == ["served"]
+    assert parsed.max_model_len == 4096
+
+
+def test_fake_vllm_rejects_unknown_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["serve", "m", "--no-such-flag"])
+    assert exit_info.value.code == 2
+    assert "--no-such-flag" in capsys.readouterr().err
+
+
+def _state(**values: object) -> GateState:
+    report = WarmupReport(engine="llamacpp", model="m", served_model_name="m", engine_url="u", system_prompt_sha256="x")
+    state = GateState(report=report, metrics=GateMetrics("llamacpp", "m"))
+    for key, value in values.items():
+        setattr(state, key, value)
+    return state
+
+
+@pytest.mark.parametrize(
+    ("changes", "ready", "reason_part"),
+    [
+        ({}, False, "starting"),
+        ({"phase": Phase.WARMING}, False, "warming up"),
+        ({"phase": Phase.SERVING}, True, ""),
+        ({"phase": Phase.SERVING, "engine_error": "timeout"}, False, "not answering"),
+        ({"phase": Phase.SERVING, "draining": True}, False, "draining"),
+        ({"phase": Phase.SERVING, "engine_dead": True, "engine_error": "exited with code -9"}, False, "code -9"),
+        ({"phase": Phase.FAILED, "failure": "boom"}, False, "boom"),
+    ],
+)
+def test_readiness(changes: dict[str, object], ready: bool, reason_part: str) -> None:
+    state = _state(**changes)
+    got_ready, reason = state.readiness()
+    assert got_ready is ready
+    assert reason_part in reason
+    state.refresh()
+    assert state.report.ready is ready
+    assert state.metrics.registry.get_sample_value("voicechat_llm_ready") == (1.0 if ready else 0.0)
+
+
+def test_readiness_ttft_threshold() -> None:
+    state = _state(phase=Phase.SERVING, max_warm_ttft_s=0.1)
+    state.report.warm_ttft_seconds = 0.25
+    ready, reason = state.readiness()
+    assert not ready
+    assert "0.250s exceeds max_warm_ttft_s=0.1s" in reason
+    state.report.warm_ttft_seconds = 0.05
+    assert state.readiness() == (True, "")
+
+
+def test_warm_figures_skip_the_cold_first_generation() -> None:
+    samples = [
+        WarmupSample(ttft_seconds=1.0, total_seconds=2.0, completion_tokens=10, tokens_per_second=10.0),
+        WarmupSample(ttft_seconds=0.1, total_seconds=0.5, completion_tokens=10, tokens_per_second=50.0),
+        WarmupSample(ttft_seconds=0.3, total_seconds=0.7, completion_tokens=10, tokens_per_second=None),
+    ]
+    assert warm_figures(samples) == (pytest.approx(0.2), 50.0)
+    assert warm_figures(samples[:1]) == (1.0, 10.0)
+
+
+def test_warmup_user_turns_differ_after_the_first() -> None:
+    turns = [warmup_user_turn("Hi", i) for i in range(3)]
+    assert turns[0] == "Hi"
+    assert len(set(turns)) == 3
+
+
+def test_sse_parsing() -> None:
+    chunk = parse_sse_data('data: {"choices":[{"delta":{"content":"Hel"}}]}')
+    assert chunk is not None
+    assert chunk_content(chunk) == "Hel"
+    assert parse_sse_data("data: [DONE]") is None
+    assert parse_sse_data(": ping") is None
+    assert chunk_content({"choices": [], "usage": {"completion_tokens": 3}}) == ""
+    with pytest.raises(WarmupError):
+        parse_sse_data("data: {not json")
+
+
+def test_count_in_flight() -> None:
+    llamacpp = (
+        "# TYPE llamacpp:requests_processing gauge\nllamacpp:requests_processing 2\n"
+        "# TYPE llamacpp:requests_deferred gauge\nllamacpp:requests_deferred 1\n"
+    )
+    vllm = (
+        '# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running{model_name="m"} 3\n'
+        '# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{model_name="m"} 0\n'
+    )
+    assert count_in_flight(llamacpp) == 3
+    assert count_in_flight(vllm) == 3
+    assert count_in_flight("# TYPE other gauge\nother 5\n") is None
