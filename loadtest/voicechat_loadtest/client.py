@@ -271,8 +271,8 @@ def describe_handshake_error(url: str, err: Exception) -> tuple[str, str]:
     if isinstance(err, InvalidStatus):
         status = err.response.status_code
         hint = {
-            404: "no WebSocket endpoint there (wrong path or not a VoiceChat session service)",
-            403: "forbidden (wrong path, or the server refuses WebSockets here)",
+            404: "no WebSocket endpoint at this path (wrong URL, or not a VoiceChat session service)",
+            403: "WebSocket refused at this path (wrong URL, or not a VoiceChat session service)",
             503: "service unavailable (not ready, full or draining)",
         }.get(status, "the server refused the WebSocket upgrade")
         return "handshake_rejected", f"{url}: HTTP {status}: {hint}"

@@ -133,25 +133,38 @@ def write_plot(report: LoadReport, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     samples = metric_samples(report.connects, report.turns)
-    fig, (dist, over_time) = plt.subplots(2, 1, figsize=(10, 8))
-    labels = [CLIENT_METRICS[m] for m in CLIENT_METRICS if samples[m]]
-    data = [samples[m] for m in CLIENT_METRICS if samples[m]]
-    if data:
-        dist.boxplot(data, vert=False, showmeans=True)
-        dist.set_yticks(range(1, len(labels) + 1), labels)
+    fig = plt.figure(figsize=(11, 8))
+    grid = fig.add_gridspec(2, 2, width_ratios=(1, 2))
+    conn_ax, dist, over_time = (
+        fig.add_subplot(grid[0, 0]),
+        fig.add_subplot(grid[0, 1]),
+        fig.add_subplot(grid[1, :]),
+    )
+    # Connect latency is milliseconds (pod-shared models) where turns are seconds: its own panel and unit.
+    if samples["connect_s"]:
+        conn_ax.hist([v * 1000 for v in samples["connect_s"]], bins=20, color="tab:blue")
+    conn_ax.set_xlabel("connect (dial -> ready), ms")
+    conn_ax.set_ylabel("connections")
+    conn_ax.set_title("Connect latency")
+    turn_metrics = [m for m in ("ttfa_s", "turn_s") if samples[m]]
+    if turn_metrics:
+        dist.boxplot([samples[m] for m in turn_metrics], orientation="horizontal", showmeans=True)
+        dist.set_yticks(range(1, len(turn_metrics) + 1), [CLIENT_METRICS[m] for m in turn_metrics])
     dist.set_xlabel("seconds")
-    dist.set_title(
-        f"Latency distributions — {report.users} users, {report.turns_total} turns, {report.target}"
-    )
+    dist.set_title(f"Turns: {report.turns_ok}/{report.turns_total} ok, {report.users} users")
     dist.grid(axis="x", alpha=0.3)
+    fig.suptitle(f"voicechat-loadtest {report.started_at} -> {report.target}")
 
-    ok_connects = [c for c in report.connects if c.connect_s is not None]
-    over_time.scatter(
-        [c.at_s for c in ok_connects], [c.connect_s for c in ok_connects], s=14, label="connect", marker="s"
-    )
-    ok_turns = [t for t in report.turns if t.error is None]
-    for key, label in (("ttfa_s", "time to first audio"), ("turn_s", "turn")):
-        points = [(t.at_s + t.speech_s, getattr(t, key)) for t in ok_turns if getattr(t, key) is not None]
+    series: dict[str, list[tuple[float, float]]] = {
+        "connect": [(c.at_s, c.connect_s) for c in report.connects if c.connect_s is not None],
+        "time to first audio": [
+            (t.at_s + t.speech_s, t.ttfa_s) for t in report.turns if t.ttfa_s is not None
+        ],
+        "turn": [
+            (t.at_s + t.speech_s, t.turn_s) for t in report.turns if t.turn_s is not None and t.error is None
+        ],
+    }
+    for label, points in series.items():
         over_time.scatter([p[0] for p in points], [p[1] for p in points], s=14, label=label)
     failed = [c.at_s for c in report.connects if c.error] + [t.at_s for t in report.turns if t.error]
     if failed:
@@ -160,7 +173,7 @@ def write_plot(report: LoadReport, path: Path) -> Path:
     over_time.set_ylabel("seconds")
     over_time.set_title("Latency over time")
     over_time.grid(alpha=0.3)
-    over_time.legend(loc="upper left")
+    over_time.legend(loc="best")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections import Counter
@@ -94,6 +95,8 @@ async def preflight(url: str, timeout_s: float = 10.0) -> None:
     if response.status_code == 200:
         return
     body = " ".join(response.text.split())[:200]
+    with contextlib.suppress(ValueError, AttributeError):
+        body = str(response.json().get("reason") or body)  # the service's readiness JSON says why
     if response.status_code == 503:
         raise BadTargetError(
             f"target not ready: {readyz} answered 503 (warming up, at max sessions, or draining): {body}"

@@ -11,12 +11,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Error, Page, Playwright, sync_playwright
+from playwright.sync_api import (
+    Browser,
+    ConsoleMessage,
+    Error,
+    Page,
+    Playwright,
+    ViewportSize,
+    WebSocket,
+    sync_playwright,
+)
 
 CHROMIUM = Path(os.environ.get("VOICECHAT_CHROMIUM", "/usr/bin/chromium"))
 # Point the browser tests at a running deployment instead of starting the local stack.
@@ -105,6 +114,8 @@ def launch(playwright_instance: Playwright) -> Iterator[Callable[[Path | None], 
 def browser_dir(artifacts_dir: Path, request: pytest.FixtureRequest) -> Path:
     directory = artifacts_dir / "browser"
     directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob(f"FAILED-{request.node.name}-*"):
+        stale.unlink()  # from an earlier failed run of this test
     return directory
 
 
@@ -116,7 +127,7 @@ def open_page(
     opened: list[tuple[Page, PageLog]] = []
 
     def _open(
-        url: str, *, wav: Path | None = None, viewport: dict[str, int] | None = None
+        url: str, *, wav: Path | None = None, viewport: ViewportSize | None = None
     ) -> tuple[Page, PageLog]:
         browser = launch(wav)
         page = browser.new_page(viewport=viewport or {"width": 960, "height": 900})
@@ -129,7 +140,7 @@ def open_page(
 
         page.on("console", on_console)
 
-        def on_websocket(ws: object) -> None:
+        def on_websocket(ws: WebSocket) -> None:
             def sent(payload: str | bytes) -> None:
                 if isinstance(payload, bytes):
                     log.binary_sent += 1
@@ -140,8 +151,8 @@ def open_page(
                 if (value := _json_or_none(payload)) is not None:
                     log.received.append(value)
 
-            ws.on("framesent", sent)  # type: ignore[attr-defined]
-            ws.on("framereceived", received)  # type: ignore[attr-defined]
+            ws.on("framesent", sent)
+            ws.on("framereceived", received)
 
         page.on("websocket", on_websocket)
         page.goto(url)
@@ -165,13 +176,15 @@ def open_page(
             )
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     # Lets fixtures see whether the test body failed (for failure artifacts).
-    outcome = yield
-    report = outcome.get_result()
+    report = yield
     if report.when == "call":
         item.rep_call = report  # type: ignore[attr-defined]
+    return report
 
 
 def publish_screenshot(source: Path, repo_root: Path) -> None:

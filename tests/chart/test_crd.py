@@ -54,12 +54,15 @@ def test_examples_exist_for_g5_and_cpu() -> None:
     names = {p.name for p in EXAMPLES}
     assert {"voicechat-g5-xlarge.yaml", "voicechat-cpu.yaml"} <= names
     g5 = yaml.safe_load((MANIFESTS_DIR / "examples" / "voicechat-g5-xlarge.yaml").read_text())["spec"]["llm"]
-    assert g5["engine"] == "vllm" and g5["gpu"]["count"] == 1
+    assert g5["engine"] == "vllm"
+    assert g5["gpu"]["count"] == 1
     assert g5["nodeSelector"] == {"node.kubernetes.io/instance-type": "g5.xlarge"}
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in g5["tolerations"]
     cpu = yaml.safe_load((MANIFESTS_DIR / "examples" / "voicechat-cpu.yaml").read_text())["spec"]["llm"]
-    assert cpu["engine"] == "llamacpp" and cpu["gpu"]["count"] == 0
-    assert not cpu.get("tolerations") and not cpu.get("nodeSelector")
+    assert cpu["engine"] == "llamacpp"
+    assert cpu["gpu"]["count"] == 0
+    assert not cpu.get("tolerations")
+    assert not cpu.get("nodeSelector")
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)

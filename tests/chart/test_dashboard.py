@@ -112,7 +112,9 @@ def test_services_define_the_design_metrics() -> None:
 def test_every_queried_metric_is_defined_in_the_services() -> None:
     series = defined_series()
     queried = {name for expr in dashboard_queries(load_dashboard()) for name in metric_names(expr)}
-    assert not queried - series.keys(), f"dashboard queries metrics no service defines: {queried - series.keys()}"
+    assert not queried - series.keys(), (
+        f"dashboard queries metrics no service defines: {queried - series.keys()}"
+    )
     # The panels the issue asks for.
     for required in (
         "voicechat_session_connect_seconds_bucket",
@@ -128,18 +130,22 @@ def test_every_queried_metric_is_defined_in_the_services() -> None:
 def test_histograms_are_read_through_quantiles_of_rates() -> None:
     for expr in dashboard_queries(load_dashboard()):
         if "_bucket" in expr:
-            assert expr.startswith("histogram_quantile(") and "sum by (le)" in expr and "rate(" in expr, expr
+            assert expr.startswith("histogram_quantile("), expr
+            assert "sum by (le)" in expr, expr
+            assert "rate(" in expr, expr
     exprs = dashboard_queries(load_dashboard())
     for quantile in ("0.5", "0.95", "0.99"):
         assert any(
-            e.startswith(f"histogram_quantile({quantile},") and "voicechat_session_connect_seconds_bucket" in e
+            e.startswith(f"histogram_quantile({quantile},")
+            and "voicechat_session_connect_seconds_bucket" in e
             for e in exprs
         ), quantile
 
 
 def test_dashboard_structure() -> None:
     dashboard = load_dashboard()
-    assert dashboard["uid"] and dashboard["title"] == "VoiceChat"
+    assert dashboard["uid"]
+    assert dashboard["title"] == "VoiceChat"
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
     for panel in dashboard["panels"]:

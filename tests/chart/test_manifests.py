@@ -44,7 +44,8 @@ def test_check_mode_reports_drift(tmp_path: Path) -> None:
     (tmp_path / "99-stray.yaml").write_text("{}\n")
     done = run_render("--check", "--out", str(tmp_path))
     assert done.returncode == 1
-    assert "memory: 1Gi" in done.stderr and "99-stray.yaml" in done.stderr
+    assert "memory: 1Gi" in done.stderr
+    assert "99-stray.yaml" in done.stderr
 
 
 def top_level_objects() -> list[dict[str, object]]:
@@ -74,7 +75,8 @@ def test_kubectl_apply_dir_installs_crd_rbac_and_operator() -> None:
         assert crd_file.read_text().endswith((OPERATOR_CRD.parent / name).read_text()), crd_file
     for obj in top_level_objects():
         labels = obj["metadata"].get("labels", {})  # type: ignore[attr-defined]
-        assert "helm.sh/chart" not in labels and labels.get("app.kubernetes.io/managed-by") != "Helm"
+        assert "helm.sh/chart" not in labels
+        assert labels.get("app.kubernetes.io/managed-by") != "Helm"
 
 
 @pytest.mark.parametrize("kube_version", KUBE_VERSIONS)

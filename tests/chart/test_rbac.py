@@ -20,7 +20,8 @@ Grant = tuple[str, str, str]  # (apiGroup, resource, verb)
 def grants(rules: Iterable[dict[str, Any]]) -> set[Grant]:
     out: set[Grant] = set()
     for rule in rules:
-        assert not rule.get("resourceNames") and not rule.get("nonResourceURLs"), rule
+        assert not rule.get("resourceNames"), rule
+        assert not rule.get("nonResourceURLs"), rule
         for group in rule["apiGroups"]:
             for resource in rule["resources"]:
                 for verb in rule["verbs"]:
@@ -31,7 +32,9 @@ def grants(rules: Iterable[dict[str, Any]]) -> set[Grant]:
 def assert_exactly(granted: set[Grant], required: set[Grant], where: str) -> None:
     assert not {g for g in granted if "*" in g}, f"{where}: wildcards grant more than the operator uses"
     assert not required - granted, f"{where}: missing {sorted(required - granted)}"
-    assert not granted - required, f"{where}: grants more than the operator uses: {sorted(granted - required)}"
+    assert not granted - required, (
+        f"{where}: grants more than the operator uses: {sorted(granted - required)}"
+    )
 
 
 def assert_bound(objs: list[Obj], role: Obj, binding_kind: str) -> None:
@@ -72,10 +75,14 @@ def test_watching_some_namespaces_grants_namespaced_rules_there_only() -> None:
     roles = by_kind(objs, "Role")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["voice-a", "voice-b"]
     for role in roles:
-        assert_exactly(grants(role["rules"]), grants(rbac.namespaced_rules()), f"Role in {role['metadata']['namespace']}")
+        assert_exactly(
+            grants(role["rules"]), grants(rbac.namespaced_rules()), f"Role in {role['metadata']['namespace']}"
+        )
         assert_bound(objs, role, "RoleBinding")
     (cluster_role,) = by_kind(objs, "ClusterRole")
-    assert_exactly(grants(cluster_role["rules"]), grants(rbac.cluster_rules()), "ClusterRole (namespaced mode)")
+    assert_exactly(
+        grants(cluster_role["rules"]), grants(rbac.cluster_rules()), "ClusterRole (namespaced mode)"
+    )
     assert_bound(objs, cluster_role, "ClusterRoleBinding")
 
 
@@ -121,4 +128,5 @@ def test_cluster_wide_operator_uses_a_cluster_peering(monkeypatch: pytest.Monkey
 def test_standalone_operator_has_no_peering(monkeypatch: pytest.MonkeyPatch) -> None:
     objs = render(extra=["--set", "operator.peering.enabled=false"])
     assert _operator_settings(objs, monkeypatch).standalone
-    assert not by_kind(objs, "ClusterKopfPeering") and not by_kind(objs, "KopfPeering")
+    assert not by_kind(objs, "ClusterKopfPeering")
+    assert not by_kind(objs, "KopfPeering")

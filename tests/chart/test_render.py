@@ -1,4 +1,4 @@
-"""`helm lint --strict` and `helm template` over the values matrix × supported Kubernetes versions; every
+"""`helm lint --strict` and `helm template` over the values matrix times the supported Kubernetes versions; every
 rendered object validated strictly (built-in kinds by kubernetes-validate, our CRs by the CRD, monitors by the
 prometheus-operator models)."""
 
@@ -73,7 +73,7 @@ def test_operator_pod_is_hardened_and_probed() -> None:
     assert container["command"] == ["voicechat-operator"]
     port = {p["name"]: p["containerPort"] for p in container["ports"]}["health"]
     assert port == 8080
-    for probe in ("startupProbe", "livenessProbe"):
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert container["resources"]["requests"]["cpu"]
     assert container["resources"]["limits"]["memory"]
@@ -90,13 +90,16 @@ def test_namespaced_mode_grants_roles_in_each_watched_namespace() -> None:
         (subject,) = binding["subjects"]
         assert subject["namespace"] == NAMESPACE
     assert not by_kind(objs, "ClusterRoleBinding") or all(
-        not rule["resources"][0].startswith("voicechats") for cr in by_kind(objs, "ClusterRole") for rule in cr["rules"]
+        not rule["resources"][0].startswith("voicechats")
+        for cr in by_kind(objs, "ClusterRole")
+        for rule in cr["rules"]
     )
 
 
 def test_cluster_mode_binds_a_cluster_role() -> None:
     objs = render()
-    assert by_kind(objs, "ClusterRole") and by_kind(objs, "ClusterRoleBinding")
+    assert by_kind(objs, "ClusterRole")
+    assert by_kind(objs, "ClusterRoleBinding")
     assert not by_kind(objs, "Role")
 
 
@@ -132,8 +135,17 @@ def render_notes(tmp_path: Path, values: Path) -> str:
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes-under-test}\n"
         'data: {notes: {{ tpl (.Files.Get "notes-under-test.txt") . | quote }}}\n'
     )
-    out = helm("template", "vc", str(chart), "--namespace", NAMESPACE, "-f", str(values),
-               "--show-only", "templates/zz-notes-under-test.yaml").stdout
+    out = helm(
+        "template",
+        "vc",
+        str(chart),
+        "--namespace",
+        NAMESPACE,
+        "-f",
+        str(values),
+        "--show-only",
+        "templates/zz-notes-under-test.yaml",
+    ).stdout
     notes: str = yaml.safe_load(out)["data"]["notes"]
     return notes
 
@@ -147,4 +159,5 @@ def test_notes_say_what_to_do_next(tmp_path: Path) -> None:
     assert "NVIDIA device plugin" in notes
     assert "helm show crds" in notes
     plain = render_notes(tmp_path / "plain", CI_VALUES_DIR / "defaults-values.yaml")
-    assert "kind: VoiceChat" in plain and "monitoring.podMonitor.enabled" in plain
+    assert "kind: VoiceChat" in plain
+    assert "monitoring.podMonitor.enabled" in plain

@@ -114,3 +114,13 @@ def test_values_schema_rejects_bad_values(case: str, tmp_path: Path) -> None:
         output = done.stdout + done.stderr
         assert "values don't meet the specifications of the schema" in output, output
         assert mentions in output, output
+
+
+def test_double_scraping_is_refused_with_a_clear_error(tmp_path: Path) -> None:
+    values = {
+        "monitoring": {"podMonitor": {"enabled": True}},
+        "voiceChat": {"enabled": True, "spec": {"monitoring": {"podMonitor": True}}},
+    }
+    done = helm("template", "vc", str(CHART_DIR), "-f", str(dump_values(tmp_path / "v.yaml", values)), check=False)
+    assert done.returncode != 0
+    assert "enable one of them" in done.stderr

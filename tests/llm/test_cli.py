@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,14 +15,12 @@ from voicechat_llm.main import EXIT_BAD_CONFIG
 from voicechat_llm.settings import LLMSettings
 
 
-def _one_line_error(result: object, *needles: str) -> str:
+def _one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> str:
     """Assert a configuration failure: exit 2, exactly one stderr line, no traceback, naming the fix."""
-    returncode = getattr(result, "returncode")  # noqa: B009 - CompletedProcess, typed loosely on purpose
-    stderr: str = getattr(result, "stderr")  # noqa: B009
-    assert returncode == EXIT_BAD_CONFIG, stderr
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1, stderr
-    assert "Traceback" not in stderr
+    assert result.returncode == EXIT_BAD_CONFIG, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
     assert lines[0].startswith("voicechat-llm: error: ")
     for needle in needles:
         assert needle in lines[0]
@@ -39,7 +38,9 @@ def test_help_lists_every_setting_with_its_description() -> None:
 
 
 def test_unknown_engine() -> None:
-    _one_line_error(run_cli(env={"VOICECHAT_LLM_ENGINE": "tensorrt"}), "VOICECHAT_LLM_ENGINE", "'llamacpp' or 'vllm'")
+    _one_line_error(
+        run_cli(env={"VOICECHAT_LLM_ENGINE": "tensorrt"}), "VOICECHAT_LLM_ENGINE", "'llamacpp' or 'vllm'"
+    )
 
 
 def test_unknown_flag() -> None:
@@ -49,7 +50,13 @@ def test_unknown_flag() -> None:
 def test_flag_overrides_environment(tmp_path: Path) -> None:
     # The env would be an error; the flag wins, so the error is about the (missing) model instead.
     line = _one_line_error(
-        run_cli("--engine", "llamacpp", "--model", str(tmp_path / "missing.gguf"), env={"VOICECHAT_LLM_ENGINE": "x"}),
+        run_cli(
+            "--engine",
+            "llamacpp",
+            "--model",
+            str(tmp_path / "missing.gguf"),
+            env={"VOICECHAT_LLM_ENGINE": "x"},
+        ),
         "model file not found",
     )
     assert "ENGINE" not in line
@@ -57,7 +64,9 @@ def test_flag_overrides_environment(tmp_path: Path) -> None:
 
 def test_missing_model_file(tmp_path: Path) -> None:
     _one_line_error(
-        run_cli("--model", str(tmp_path / "missing.gguf")), "model file not found", "--model / VOICECHAT_LLM_MODEL"
+        run_cli("--model", str(tmp_path / "missing.gguf")),
+        "model file not found",
+        "--model / VOICECHAT_LLM_MODEL",
     )
 
 
@@ -92,7 +101,9 @@ def busy_port() -> Iterator[int]:
         yield int(sock.getsockname()[1])
 
 
-@pytest.mark.parametrize(("flag", "env_name"), [("--engine-port", "ENGINE_PORT"), ("--gate-port", "GATE_PORT")])
+@pytest.mark.parametrize(
+    ("flag", "env_name"), [("--engine-port", "ENGINE_PORT"), ("--gate-port", "GATE_PORT")]
+)
 def test_port_in_use(busy_port: int, flag: str, env_name: str) -> None:
     other = "--gate-port" if flag == "--engine-port" else "--engine-port"
     result = run_cli("--host", "127.0.0.1", flag, str(busy_port), other, str(free_port()))

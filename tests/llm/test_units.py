@@ -71,7 +71,9 @@ def test_fake_vllm_rejects_unknown_flags(capsys: pytest.CaptureFixture[str]) -> 
 
 
 def _state(**values: object) -> GateState:
-    report = WarmupReport(engine="llamacpp", model="m", served_model_name="m", engine_url="u", system_prompt_sha256="x")
+    report = WarmupReport(
+        engine="llamacpp", model="m", served_model_name="m", engine_url="u", system_prompt_sha256="x"
+    )
     state = GateState(report=report, metrics=GateMetrics("llamacpp", "m"))
     for key, value in values.items():
         setattr(state, key, value)
@@ -86,7 +88,11 @@ def _state(**values: object) -> GateState:
         ({"phase": Phase.SERVING}, True, ""),
         ({"phase": Phase.SERVING, "engine_error": "timeout"}, False, "not answering"),
         ({"phase": Phase.SERVING, "draining": True}, False, "draining"),
-        ({"phase": Phase.SERVING, "engine_dead": True, "engine_error": "exited with code -9"}, False, "code -9"),
+        (
+            {"phase": Phase.SERVING, "engine_dead": True, "engine_error": "exited with code -9"},
+            False,
+            "code -9",
+        ),
         ({"phase": Phase.FAILED, "failure": "boom"}, False, "boom"),
     ],
 )
@@ -116,7 +122,9 @@ def test_warm_figures_skip_the_cold_first_generation() -> None:
         WarmupSample(ttft_seconds=0.1, total_seconds=0.5, completion_tokens=10, tokens_per_second=50.0),
         WarmupSample(ttft_seconds=0.3, total_seconds=0.7, completion_tokens=10, tokens_per_second=None),
     ]
-    assert warm_figures(samples) == (pytest.approx(0.2), 50.0)
+    ttft, rate = warm_figures(samples)
+    assert ttft == pytest.approx(0.2)
+    assert rate == 50.0
     assert warm_figures(samples[:1]) == (1.0, 10.0)
 
 

@@ -74,8 +74,11 @@ async def test_bad_audio_and_second_start(pod_service: SessionService) -> None:
         await _expect_error(client, json.dumps({"type": "start", "sample_rate": 16_000}), "already_started")
         await _expect_error(client, b"\x00\x01\x02", "odd_length_audio")
         await _expect_error(client, b"\x00" * (MAX_FRAME_BYTES + 2), "frame_too_large")
-        await _expect_error(client, json.dumps({"type": "text", "text": "x" * 1999}).ljust(MAX_FRAME_BYTES + 1),
-                            "frame_too_large")
+        await _expect_error(
+            client,
+            json.dumps({"type": "text", "text": "x" * 1999}).ljust(MAX_FRAME_BYTES + 1),
+            "frame_too_large",
+        )
         # Even-length audio after all that is accepted silently.
         mark = len(client.events)
         await client.send_raw(b"\x00\x00" * 320)

@@ -22,7 +22,9 @@ def _histogram_count(service: SessionService, name: str, **labels: str) -> float
 
 
 async def test_spoken_question_gets_a_spoken_answer(pod_service: SessionService) -> None:
-    ttfa_before = _histogram_count(pod_service, "voicechat_session_time_to_first_audio_seconds", source="voice")
+    ttfa_before = _histogram_count(
+        pod_service, "voicechat_session_time_to_first_audio_seconds", source="voice"
+    )
     stt_before = _histogram_count(pod_service, "voicechat_session_stt_seconds")
     async with VoiceChatClient.connect(pod_service.ws_url) as client:
         assert client.ready is not None
@@ -55,7 +57,10 @@ async def test_spoken_question_gets_a_spoken_answer(pod_service: SessionService)
     assert metrics["audio_ms"] == pytest.approx(turn.audio_seconds * 1000, abs=1)
 
     after = pod_service.metrics()
-    assert sample(after, "voicechat_session_time_to_first_audio_seconds_count", source="voice") == ttfa_before + 1
+    assert (
+        sample(after, "voicechat_session_time_to_first_audio_seconds_count", source="voice")
+        == ttfa_before + 1
+    )
     assert sample(after, "voicechat_session_stt_seconds_count") >= stt_before + 1
     assert sample(after, "voicechat_session_turns_total", source="voice") >= 1
     assert sample(after, "voicechat_session_connect_seconds_count") >= 1
@@ -82,7 +87,10 @@ async def test_typed_turn_and_history(pod_service: SessionService) -> None:
 
 
 async def test_two_sessions_are_isolated(pod_service: SessionService) -> None:
-    sentences = {"jf_alpha": "My name is Alice and I like apples.", "jm_kumo": "The weather today is cold and rainy."}
+    sentences = {
+        "jf_alpha": "My name is Alice and I like apples.",
+        "jm_kumo": "The weather today is cold and rainy.",
+    }
 
     async def converse(voice: str, sentence: str) -> tuple[VoiceChatClient, list[dict[str, str]], str | None]:
         async with VoiceChatClient.connect(pod_service.ws_url) as client:
@@ -100,7 +108,10 @@ async def test_two_sessions_are_isolated(pod_service: SessionService) -> None:
     assert client_a.ready["session_id"] != client_b.ready["session_id"]
     assert transcript_a is not None and {"alice", "apples"} <= set(words(transcript_a))
     assert transcript_b is not None and {"weather", "cold"} <= set(words(transcript_b))
-    for history, own, other in ((history_a, transcript_a, transcript_b), (history_b, transcript_b, transcript_a)):
+    for history, own, other in (
+        (history_a, transcript_a, transcript_b),
+        (history_b, transcript_b, transcript_a),
+    ):
         users = [m["content"] for m in history if m["role"] == "user"]
         assert users == [own]
         assert all(other not in m["content"] for m in history)
@@ -144,7 +155,9 @@ async def test_barge_in_stops_audio_and_truncates_history(pod_service: SessionSe
         turn_id = int(client.events[first_audio - 1]["turn_id"])  # type: ignore[index]
         # The user talks over the assistant.
         speaking = asyncio.create_task(
-            client.stream_audio(speech_audio("Stop, please stop talking now."), 16_000, trailing_silence_s=1.0)
+            client.stream_audio(
+                speech_audio("Stop, please stop talking now."), 16_000, trailing_silence_s=1.0
+            )
         )
         interrupted = await client.wait_for("interrupted", turn_id=turn_id, timeout=60)
         assert interrupted["reason"] == "barge_in"
@@ -154,10 +167,16 @@ async def test_barge_in_stops_audio_and_truncates_history(pod_service: SessionSe
         assert first.metrics["interrupted"]
         index = client.events.index(interrupted)
         next_start = next(
-            (i for i, e in enumerate(client.events) if i > index and isinstance(e, dict) and e["type"] == "audio_start"),
+            (
+                i
+                for i, e in enumerate(client.events)
+                if i > index and isinstance(e, dict) and e["type"] == "audio_start"
+            ),
             len(client.events),
         )
-        assert not any(isinstance(e, bytes) for e in client.events[index:next_start]), "audio after interrupted"
+        assert not any(isinstance(e, bytes) for e in client.events[index:next_start]), (
+            "audio after interrupted"
+        )
         # What the history keeps is what was sent: a prefix of the generated reply, matching the audio sent.
         assert first.assistant_final is not None
         spoken, generated = words(first.assistant_final), words("".join(first.assistant_deltas))

@@ -45,7 +45,9 @@ def helm_binary() -> str:
         return str(pinned)
     found = shutil.which("helm")
     if found is None:
-        pytest.fail("helm not found: run `make system` (scripts/install-system.sh) to extract the pinned helm v3")
+        pytest.fail(
+            "helm not found: run `make system` (scripts/install-system.sh) to extract the pinned helm v3"
+        )
     return found
 
 
@@ -102,7 +104,12 @@ def _strict(node: Any) -> Any:
     if node.get("nullable") and "type" in out:
         out["type"] = [out["type"], "null"]
     preserve = node.get("x-kubernetes-preserve-unknown-fields") or node.get("x-kubernetes-embedded-resource")
-    if node.get("type") == "object" and "properties" in node and "additionalProperties" not in node and not preserve:
+    if (
+        node.get("type") == "object"
+        and "properties" in node
+        and "additionalProperties" not in node
+        and not preserve
+    ):
         out["additionalProperties"] = False
     return out
 
@@ -143,7 +150,9 @@ def crd_errors(obj: Mapping[str, Any], crd_path: Path | None = None) -> list[str
         crd_path = found
     crd = load_crd(crd_path)
     if obj.get("kind") != crd["spec"]["names"]["kind"] or group != crd["spec"]["group"]:
-        return [f"not a {crd['spec']['names']['kind']} of {crd['spec']['group']}: {api_version} {obj.get('kind')}"]
+        return [
+            f"not a {crd['spec']['names']['kind']} of {crd['spec']['group']}: {api_version} {obj.get('kind')}"
+        ]
     if version not in {v["name"] for v in crd["spec"]["versions"] if v["served"]}:
         return [f"version {version} is not served by the CRD"]
     errors = []
@@ -153,7 +162,9 @@ def crd_errors(obj: Mapping[str, Any], crd_path: Path | None = None) -> list[str
         errors.append(f"metadata.name {name!r}: must be a DNS label")
     namespaced = crd["spec"]["scope"] == "Namespaced"
     if namespaced != ("namespace" in meta):
-        errors.append(f"metadata.namespace: {'required' if namespaced else 'not allowed'} for this {crd['spec']['scope']} kind")
+        errors.append(
+            f"metadata.namespace: {'required' if namespaced else 'not allowed'} for this {crd['spec']['scope']} kind"
+        )
     validator = _crd_validator(crd_path, version)
     for err in sorted(validator.iter_errors(obj), key=lambda e: list(e.absolute_path)):
         where = ".".join(str(p) for p in err.absolute_path) or "<root>"
@@ -175,7 +186,11 @@ def _dropped_keys(original: Any, dumped: Any, path: str) -> list[str]:
                 out += _dropped_keys(value, dumped[key], f"{path}.{key}")
         return out
     if isinstance(original, list) and isinstance(dumped, list):
-        return [e for i, (a, b) in enumerate(zip(original, dumped, strict=False)) for e in _dropped_keys(a, b, f"{path}[{i}]")]
+        return [
+            e
+            for i, (a, b) in enumerate(zip(original, dumped, strict=False))
+            for e in _dropped_keys(a, b, f"{path}[{i}]")
+        ]
     return []
 
 

@@ -65,6 +65,8 @@ def service_env() -> dict[str, str]:
 def launch(log_path: Path, *args: str, env: dict[str, str] | None = None) -> LLMServiceProcess:
     """Start the service (not waiting for readiness) with console logs in ``log_path``."""
     engine_port, gate_port = free_port(), free_port()
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_path.unlink(missing_ok=True)  # one run per log file
     proc = ManagedProcess(
         name="voicechat-llm",
         module="voicechat_llm",
@@ -124,7 +126,9 @@ def pid_running(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout_s: float = 60
+) -> subprocess.CompletedProcess[str]:
     """Run ``python -m voicechat_llm ARGS`` to completion (for configuration errors)."""
     return subprocess.run(
         [sys.executable, "-m", "voicechat_llm", *args],

@@ -56,7 +56,9 @@ def default_cache_dir() -> Path:
 def kokoro_tts() -> KokoroOnnxTTS:
     """Our Kokoro backend on the embedded model, loaded once per process (~1 s, ~400 MB)."""
     cache = Path(SessionSettings.model_fields["model_cache_dir"].default)
-    settings = SessionSettings(model_cache_dir=cache, tts_model_path=None, tts_voices_path=None, tts_device="cpu")
+    settings = SessionSettings(
+        model_cache_dir=cache, tts_model_path=None, tts_voices_path=None, tts_device="cpu"
+    )
     return KokoroOnnxTTS(KokoroOnnxOptions.from_settings(settings))
 
 
@@ -161,8 +163,17 @@ def speech_audio(
     tts: TextToSpeech | None = None,
 ) -> Audio:
     """Like :func:`speech_wav` but returns the float32 samples (at ``rate``)."""
-    path = speech_wav(text, rate=rate, engine=engine, voice=voice, speed=speed, lead_s=lead_s, tail_s=tail_s,
-                      cache_dir=cache_dir, tts=tts)
+    path = speech_wav(
+        text,
+        rate=rate,
+        engine=engine,
+        voice=voice,
+        speed=speed,
+        lead_s=lead_s,
+        tail_s=tail_s,
+        cache_dir=cache_dir,
+        tts=tts,
+    )
     audio, _rate = read_wav(path)
     return audio
 
@@ -216,7 +227,9 @@ def rms_dbfs(audio: Audio) -> float:
     return 20 * float(np.log10(level)) if level > 0 else float("-inf")
 
 
-def active_fraction(audio: Audio, rate: int, *, frame_ms: float = 20.0, threshold_dbfs: float = -45.0) -> float:
+def active_fraction(
+    audio: Audio, rate: int, *, frame_ms: float = 20.0, threshold_dbfs: float = -45.0
+) -> float:
     """Share of ``frame_ms`` frames whose RMS is above ``threshold_dbfs``."""
     samples = np.asarray(audio, dtype=np.float64)
     frame = max(1, round(rate * frame_ms / 1000))
@@ -235,4 +248,4 @@ def is_silent(audio: Audio, rate: int, *, threshold_dbfs: float = -45.0, min_act
 
 def words(text: str) -> list[str]:
     """Lower-cased words without punctuation, for comparing transcripts: "Hello, World!" → hello, world."""
-    return re.findall(r"[a-z0-9']+", text.lower().replace("’", "'"))
+    return re.findall(r"[a-z0-9']+", text.lower().replace("\u2019", "'"))  # typographic apostrophe

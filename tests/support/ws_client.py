@@ -160,7 +160,9 @@ class VoiceChatClient:
                     )
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise TimeoutError(f"no matching event within {timeout:g} s; last events: {self.summary()[-8:]}")
+                    raise TimeoutError(
+                        f"no matching event within {timeout:g} s; last events: {self.summary()[-8:]}"
+                    )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), left)
 

@@ -67,14 +67,18 @@ def resolve_model(settings: LLMSettings) -> str:
         return settings.model or DEFAULT_VLLM_MODEL
     path = Path(settings.model).expanduser() if settings.model else embedded_model_path()
     if not path.is_file():
-        raise ConfigError(f"model file not found: {path} (set {flag_and_env('model')} to an existing GGUF file)")
+        raise ConfigError(
+            f"model file not found: {path} (set {flag_and_env('model')} to an existing GGUF file)"
+        )
     try:
         with path.open("rb") as model_file:
             magic = model_file.read(len(GGUF_MAGIC))
     except OSError as err:
         raise ConfigError(f"cannot read the model file {path}: {err.strerror}") from err
     if magic != GGUF_MAGIC:
-        raise ConfigError(f"{path} is not a GGUF file (set {flag_and_env('model')} to a llama.cpp GGUF model)")
+        raise ConfigError(
+            f"{path} is not a GGUF file (set {flag_and_env('model')} to a llama.cpp GGUF model)"
+        )
     return str(path.resolve())
 
 

@@ -55,7 +55,7 @@ def parse_settings(argv: list[str]) -> LLMSettings:
     parser = _OneLineParser(prog=PROG, description=DESCRIPTION)
     source: CliSettingsSource[LLMSettings] = CliSettingsSource(LLMSettings, root_parser=parser)
     try:
-        return LLMSettings(_cli_settings_source=source(args=argv))  # type: ignore[call-arg]
+        return LLMSettings(_cli_settings_source=source(args=argv))
     except ValidationError as err:
         raise ConfigError(describe_validation_error(err)) from err
 

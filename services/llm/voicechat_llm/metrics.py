@@ -44,7 +44,9 @@ class GateMetrics:
         self.warm_tokens_per_second = Gauge(
             WARM_TOKENS_PER_SECOND, "Decode rate when warm.", labels.keys(), registry=self.registry
         ).labels(**labels)
-        self.engine_up = Gauge(ENGINE_UP, "1 while the engine answers its health check.", registry=self.registry)
+        self.engine_up = Gauge(
+            ENGINE_UP, "1 while the engine answers its health check.", registry=self.registry
+        )
         self.health_check_failures = Counter(
             HEALTH_CHECK_FAILURES, "Failed periodic engine health checks.", registry=self.registry
         )

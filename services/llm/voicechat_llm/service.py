@@ -11,6 +11,7 @@ import contextlib
 import logging
 import signal
 import time
+from collections.abc import Generator
 
 import httpx
 import uvicorn
@@ -33,7 +34,7 @@ class _GateServer(uvicorn.Server):
     """uvicorn without its own signal handlers: the service owns SIGTERM/SIGINT."""
 
     @contextlib.contextmanager
-    def capture_signals(self):  # type: ignore[no-untyped-def]  # matches uvicorn's untyped override point
+    def capture_signals(self) -> Generator[None, None, None]:
         yield
 
 
@@ -55,7 +56,6 @@ class LLMService:
         self.state.refresh()
         self._stop_requested = asyncio.Event()
         self._stopping = False
-        self._engine_started = False
 
     # -- signals -------------------------------------------------------------------------------------
 
@@ -75,7 +75,9 @@ class LLMService:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.request_stop, signum)
-        timeout = httpx.Timeout(self.settings.health_timeout_s, read=max(120.0, self.settings.health_timeout_s))
+        timeout = httpx.Timeout(
+            self.settings.health_timeout_s, read=max(120.0, self.settings.health_timeout_s)
+        )
         async with httpx.AsyncClient(timeout=timeout) as client:
             gate, gate_task = await self._start_gate(client)
             try:
@@ -101,7 +103,9 @@ class LLMService:
                 # uvicorn reports bind failures by exiting; say it in one line.
                 with contextlib.suppress(BaseException):
                     task.result()
-                raise EngineError(f"the gate could not listen on {self.settings.host}:{self.settings.gate_port}")
+                raise EngineError(
+                    f"the gate could not listen on {self.settings.host}:{self.settings.gate_port}"
+                )
             await asyncio.sleep(0.02)
         log.info("gate listening", extra={"url": f"http://{self.settings.host}:{self.settings.gate_port}"})
         return server, task
@@ -110,51 +114,53 @@ class LLMService:
         if self.state.engine_dead:
             return self.state.engine_error
         if self.state.phase is Phase.STARTING:
-            # Loading can take minutes (vLLM); alive is all we can ask until it answers.
-            return None if self.engine.is_alive() or not self._engine_started else "engine is not running"
+            # Loading can take minutes (vLLM) and cannot be probed yet; a death during it ends the process.
+            return None
         return await self.engine.probe(client, self.settings.health_timeout_s)
 
     async def _run_engine(self, client: httpx.AsyncClient) -> int:
+        watchers = [asyncio.create_task(self._watch_engine(), name="engine-watch")]
+        try:
+            if not await self._start_or_stop(client):
+                return 0
+            watchers.append(asyncio.create_task(self._health_loop(client), name="health"))
+            await self._stop_requested.wait()
+            await self._drain(client)
+        finally:
+            for task in watchers:
+                task.cancel()
+            await asyncio.gather(*watchers, return_exceptions=True)
+            await self._stop_engine()
+        log.info("stopped cleanly")
+        return 0
+
+    async def _start_or_stop(self, client: httpx.AsyncClient) -> bool:
+        """Start and warm the engine; False if a stop signal came first. Start failures raise."""
         startup = asyncio.create_task(self._startup(client), name="startup")
         stop = asyncio.create_task(self._stop_requested.wait(), name="stop-requested")
         await asyncio.wait({startup, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
         if not startup.done():
-            log.info("stopping during start-up")
+            log.info("stop requested during start-up")
             startup.cancel()
             with contextlib.suppress(asyncio.CancelledError, EngineError, WarmupError, httpx.HTTPError):
                 await startup
-            await self._stop_engine()
-            return 0
-        stop.cancel()
+            return False
         try:
             startup.result()
         except (EngineError, WarmupError, httpx.HTTPError) as err:
             self.state.phase = Phase.FAILED
             self.state.failure = str(err)
             self.state.refresh()
-            await self._stop_engine()
             if isinstance(err, httpx.HTTPError):
                 raise WarmupError(f"warm-up request failed: {type(err).__name__} {err}") from err
             raise
-        watchers = [
-            asyncio.create_task(self._health_loop(client), name="health"),
-            asyncio.create_task(self._watch_engine(), name="engine-watch"),
-        ]
-        await self._stop_requested.wait()
-        await self._drain(client)
-        for task in watchers:
-            task.cancel()
-        await asyncio.gather(*watchers, return_exceptions=True)
-        await self._stop_engine()
-        log.info("stopped cleanly")
-        return 0
+        return True
 
     async def _startup(self, client: httpx.AsyncClient) -> None:
         started = time.monotonic()
-        self._engine_started = True
         await self.engine.start()
-        watch = asyncio.create_task(self._watch_engine(), name="engine-watch-startup")
-        try:
+        if True:
             await self.engine.wait_healthy(client, started + self.settings.startup_timeout_s)
             load_seconds = time.monotonic() - started
             self.state.report.load_seconds = load_seconds

@@ -163,7 +163,9 @@ async def run_warmup(
                 "index": index,
                 "ttft_s": round(sample.ttft_seconds, 4),
                 "tokens": sample.completion_tokens,
-                "tokens_per_s": None if sample.tokens_per_second is None else round(sample.tokens_per_second, 1),
+                "tokens_per_s": None
+                if sample.tokens_per_second is None
+                else round(sample.tokens_per_second, 1),
                 "reply": result.text[:80],
             },
         )

@@ -392,7 +392,10 @@ class Connection:
                     await self.ws.send_text(item.model_dump_json())
         except (WebSocketDisconnect, RuntimeError, OSError) as exc:
             # The peer went away mid-send; the receive loop sees the disconnect too.
-            log.debug("send failed", extra={"session_id": self.session_id, "error": str(exc)})
+            log.info("send failed", extra={"session_id": self.session_id, "error": repr(exc)})
+        except Exception:
+            log.exception("sender failed", extra={"session_id": self.session_id})
+            raise
 
     async def _send_audio(self, item: _AudioOut) -> None:
         turn = item.turn

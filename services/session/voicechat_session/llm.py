@@ -161,10 +161,12 @@ class LLMClient:
             raise LLMTimeout(f"no {which} from the LLM within {limit:g} s") from exc
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise LLMUnavailable(f"cannot reach the LLM at {self.base_url}: {exc}") from exc
+        except httpx.TimeoutException as exc:
+            raise LLMTimeout(f"the LLM stopped answering for {s.llm_stream_timeout_s:g} s") from exc
         except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
             raise LLMUnavailable(f"the LLM connection broke: {exc}") from exc
         except httpx.HTTPError as exc:
-            raise LLMError(f"LLM request failed: {exc}") from exc
+            raise LLMError(f"LLM request failed: {exc!r}") from exc
         finally:
             metrics.LLM_STREAMS_ACTIVE.dec()
             if not stats.completed:

@@ -84,6 +84,7 @@ class Pod:
         self.llm = LLMClient(settings, self.http)
         self.sessions: dict[str, Connection] = {}
         self.draining = False
+        self._drain_started = False
         self.drained = asyncio.Event()
         self.not_ready_reason: str | None = "loading models"
         self._inflight = 0
@@ -137,10 +138,11 @@ class Pod:
 
     async def drain(self) -> None:
         """SIGTERM: refuse new sessions, let open ones finish their turn within the grace period, close."""
-        if self.draining:
+        if self._drain_started:
             await self.drained.wait()
             return
-        self.draining = True
+        self._drain_started = True
+        self.draining = True  # usually already set by the signal handler, so /readyz flips at once
         log.info("draining", extra={"sessions": len(self.sessions), "grace_s": self.settings.drain_grace_s})
         await asyncio.gather(*(c.drain(self.settings.drain_grace_s) for c in list(self.sessions.values())))
         self.drained.set()

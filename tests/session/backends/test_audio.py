@@ -18,8 +18,9 @@ def dominant_frequency(audio: np.ndarray, rate: int) -> float:
     return float(np.fft.rfftfreq(audio.size, 1 / rate)[int(np.argmax(spectrum))])
 
 
-@pytest.mark.parametrize(("src", "dst"), [(24_000, 16_000), (16_000, 24_000), (48_000, 16_000), (44_100, 16_000),
-                                          (8_000, 16_000)])
+@pytest.mark.parametrize(
+    ("src", "dst"), [(24_000, 16_000), (16_000, 24_000), (48_000, 16_000), (44_100, 16_000), (8_000, 16_000)]
+)
 def test_resample_keeps_pitch_level_and_length(src: int, dst: int) -> None:
     out = resample(tone(440.0, src), src, dst)
     assert out.dtype == np.float32

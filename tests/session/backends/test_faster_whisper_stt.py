@@ -50,7 +50,7 @@ def test_default_is_the_embedded_model(settings: SessionSettings) -> None:
 
 
 def test_missing_model_directory_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="STT model directory .* does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"STT model directory .* does not exist"):
         resolve_model(str(tmp_path / "whisper-missing"))
     # A name is left to faster-whisper's hub download (a production option), not treated as a path.
     assert resolve_model("small.en") == "small.en"

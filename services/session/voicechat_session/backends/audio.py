@@ -31,12 +31,12 @@ def pcm16_to_float(data: bytes) -> Audio:
 def float_to_pcm16(audio: Audio) -> bytes:
     """float32 samples → little-endian PCM16 bytes, clipped to the representable range."""
     scaled = np.clip(np.asarray(audio, dtype=np.float32) * 32768.0, -32768.0, 32767.0)
-    return np.round(scaled).astype("<i2").tobytes()
+    return bytes(np.round(scaled).astype("<i2").tobytes())
 
 
 @lru_cache(maxsize=32)
 def _polyphase_filter(up: int, down: int) -> tuple[npt.NDArray[np.float32], int]:
-    """Filter bank ``[up, taps]`` for rate change ``up/down`` and the filter's half length (at ``up`` × rate)."""
+    """Filter bank ``[up, taps]`` for rate change ``up/down`` and the filter's half length (at ``up`` times the rate)."""
     factor = max(up, down)
     half = _ZERO_CROSSINGS * factor
     k = np.arange(-half, half + 1, dtype=np.float64)

@@ -59,7 +59,9 @@ def package_dir(package: str, distribution: str | tuple[str, ...]) -> Path:
         spec = None
     locations = list(spec.submodule_search_locations or []) if spec is not None else []
     if not locations:
-        raise EmbeddedModelError(f"Python package {package!r} is not installed; {_install_hint(distribution)}")
+        raise EmbeddedModelError(
+            f"Python package {package!r} is not installed; {_install_hint(distribution)}"
+        )
     return Path(locations[0])
 
 
@@ -79,8 +81,9 @@ def whisper_tiny_en_dir() -> Path:
 
 def silero_vad_path() -> Path:
     """The Silero VAD v6 ONNX model inside faster-whisper's assets."""
-    return _require_file(package_dir(SILERO_PACKAGE, SILERO_DISTRIBUTION) / "assets" / SILERO_VAD_FILE,
-                         SILERO_DISTRIBUTION)
+    return _require_file(
+        package_dir(SILERO_PACKAGE, SILERO_DISTRIBUTION) / "assets" / SILERO_VAD_FILE, SILERO_DISTRIBUTION
+    )
 
 
 def kokoro_voices_path() -> Path:
@@ -94,8 +97,9 @@ def kokoro_expected_sha256() -> str:
     text = _require_file(data / "model.sha256", KOKORO_VOICES_DISTRIBUTION).read_text(encoding="ascii")
     digest = text.split()[0].strip().lower() if text.split() else ""
     if len(digest) != 64 or any(ch not in "0123456789abcdef" for ch in digest):
-        raise EmbeddedModelError(f"{data / 'model.sha256'} holds no sha256 digest; reinstall "
-                                 f"{KOKORO_VOICES_DISTRIBUTION}")
+        raise EmbeddedModelError(
+            f"{data / 'model.sha256'} holds no sha256 digest; reinstall {KOKORO_VOICES_DISTRIBUTION}"
+        )
     return digest
 
 

@@ -75,7 +75,9 @@ class FasterWhisperSTT:
         try:
             from faster_whisper import WhisperModel
         except ImportError as exc:  # pragma: no cover - faster-whisper is a declared dependency
-            raise RuntimeError("the STT backend needs faster-whisper: pip install 'voicechat[session]'") from exc
+            raise RuntimeError(
+                "the STT backend needs faster-whisper: pip install 'voicechat[session]'"
+            ) from exc
         self.options = options
         library_log = logging.getLogger("faster_whisper")
         if library_log.level == logging.NOTSET:

@@ -44,8 +44,12 @@ class KokoroOnnxOptions:
         for what, path in (("model", model), ("voices", voices)):
             if not Path(path).is_file():
                 raise FileNotFoundError(f"Kokoro {what} file {path} does not exist")
-        return cls(model_path=Path(model), voices_path=Path(voices), lang=settings.tts_lang,
-                   device=settings.tts_device)
+        return cls(
+            model_path=Path(model),
+            voices_path=Path(voices),
+            lang=settings.tts_lang,
+            device=settings.tts_device,
+        )
 
 
 def execution_providers(device: str, available: list[str]) -> list[str]:

@@ -52,8 +52,9 @@ class KokoroTorchOptions:
     def from_settings(cls, settings: SessionSettings) -> KokoroTorchOptions:
         voices = settings.tts_voices_path
         if voices is not None and not voices.is_dir():
-            raise FileNotFoundError(f"tts_voices_path {voices} must be a directory of <voice>.pt files for "
-                                    "tts_backend=kokoro")
+            raise FileNotFoundError(
+                f"tts_voices_path {voices} must be a directory of <voice>.pt files for tts_backend=kokoro"
+            )
         model = settings.tts_model_path
         if model is not None and not model.is_file():
             raise FileNotFoundError(f"Kokoro model file {model} does not exist")
@@ -80,7 +81,9 @@ def list_hub_voices(repo_id: str) -> list[str]:
     from huggingface_hub import list_repo_files  # a dependency of kokoro
 
     return sorted(
-        Path(name).stem for name in list_repo_files(repo_id) if name.startswith("voices/") and name.endswith(".pt")
+        Path(name).stem
+        for name in list_repo_files(repo_id)
+        if name.startswith("voices/") and name.endswith(".pt")
     )
 
 
@@ -109,7 +112,9 @@ class KokoroTorchTTS:
         if options.model_path is not None:
             config_path = options.model_path.with_name("config.json")
             if not config_path.is_file():
-                raise FileNotFoundError(f"{config_path} (Kokoro's config.json) must sit beside {options.model_path}")
+                raise FileNotFoundError(
+                    f"{config_path} (Kokoro's config.json) must sit beside {options.model_path}"
+                )
             config = str(config_path)
         model = kokoro.KModel(
             repo_id=options.repo_id,
@@ -122,7 +127,9 @@ class KokoroTorchTTS:
             voices = sorted(p.stem for p in options.voices_dir.glob("*.pt"))
         else:
             voices = list_hub_voices(options.repo_id)
-        log.info("tts model loaded", extra={"backend": "kokoro", "device": options.device, "voices": len(voices)})
+        log.info(
+            "tts model loaded", extra={"backend": "kokoro", "device": options.device, "voices": len(voices)}
+        )
         return cls(pipeline, voices, options.voices_dir)
 
     @property

@@ -46,8 +46,9 @@ class SileroVad:
         opts.intra_op_num_threads = 1
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
-        self._session: Any = ort.InferenceSession(str(self.path), sess_options=opts,
-                                                  providers=["CPUExecutionProvider"])
+        self._session: Any = ort.InferenceSession(
+            str(self.path), sess_options=opts, providers=["CPUExecutionProvider"]
+        )
         log.info("vad model loaded", extra={"model": str(self.path)})
 
     def stream(self) -> SileroVadStream:
@@ -61,8 +62,11 @@ class SileroVad:
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         """``windows`` ``[n, 576]`` (context + window) → probabilities ``[n]`` and the new ``h``, ``c``."""
         probs, h_out, c_out = self._session.run(None, {"input": windows, "h": h, "c": c})
-        return (np.asarray(probs, dtype=np.float32).reshape(-1), np.asarray(h_out, dtype=np.float32),
-                np.asarray(c_out, dtype=np.float32))
+        return (
+            np.asarray(probs, dtype=np.float32).reshape(-1),
+            np.asarray(h_out, dtype=np.float32),
+            np.asarray(c_out, dtype=np.float32),
+        )
 
 
 class SileroVadStream:

@@ -252,6 +252,7 @@ function connect() {
 function onClose(event) {
   const wasReady = vc.sessionId !== null;
   ws = null;
+  el.sessionInfo.textContent = "";
   vc.sessionId = null;
   vc.started = false;
   vc.userSpeaking = false;
@@ -347,11 +348,11 @@ const HANDLERS = {
     const body = assistantBody(view);
     if (msg.final) {
       if (msg.text) body.textContent = msg.text;
-      body.classList.remove("streaming");
+      setStreaming(body, false);
       vc.assistantTexts.push({ turn: msg.turn_id, text: msg.text });
     } else {
       body.textContent += msg.text;
-      body.classList.add("streaming");
+      setStreaming(body, true);
       if (busyTurn === null || busyTurn === "pending") busyTurn = msg.turn_id;
     }
     scrollToEnd();
@@ -437,7 +438,8 @@ function markInterrupted(turnId) {
   const view = document.querySelector(`.turn[data-turn="${turnId}"]`);
   if (view) {
     view.classList.add("interrupted");
-    view.querySelector(".msg.assistant .body")?.classList.remove("streaming");
+    const body = view.querySelector(".msg.assistant .body");
+    if (body) setStreaming(body, false);
   }
   updateActivity();
 }
@@ -456,7 +458,7 @@ function interruptAssistant() {
 function onPlayerMessage(event) {
   const m = event.data;
   if (m.type === "turn_playing") vc.playingTurn = m.turn;
-  if (m.type === "stats" || m.type === "flushed" || m.type === "turn_playing") {
+  if (m.received !== undefined) {
     vc.samplesReceived = m.received;
     vc.samplesPlayed = m.played;
     vc.bufferedSamples = m.buffered;
@@ -466,13 +468,7 @@ function onPlayerMessage(event) {
     vc.flushes = m.flushes;
     vc.playedByTurn = m.playedByTurn;
     vc.receivedByTurn = m.receivedByTurn;
-    const speaking = m.playing || m.buffered > 0;
-    if (speaking !== vc.assistantSpeaking) {
-      vc.assistantSpeaking = speaking;
-      updateActivity();
-    }
-  } else if (m.type === "drained") {
-    vc.assistantSpeaking = false;
+    vc.assistantSpeaking = m.type !== "drained" && (m.playing || m.buffered > 0);
     updateActivity();
   }
 }
@@ -656,6 +652,7 @@ function setUserText(view, text, partial) {
   const body = view.user.querySelector(".body");
   body.textContent = text || (partial ? "…" : "(nothing heard)");
   body.classList.toggle("partial", partial);
+  setStreaming(body, partial, "partial");
   scrollToEnd();
 }
 
@@ -702,6 +699,13 @@ function addNote(text) {
   scrollToEnd();
 }
 
+// Screen readers announce a message once it is complete (aria-busy), not every streamed word.
+function setStreaming(body, on, cls = "streaming") {
+  body.classList.toggle(cls, on);
+  if (on) body.setAttribute("aria-busy", "true");
+  else body.removeAttribute("aria-busy");
+}
+
 function scrollToEnd() {
   el.conversation.scrollTop = el.conversation.scrollHeight;
 }
@@ -723,7 +727,7 @@ function isBusy() {
 function endAllTurns() {
   busyTurn = null;
   audioTurn = null;
-  document.querySelectorAll(".body.streaming").forEach((b) => b.classList.remove("streaming"));
+  document.querySelectorAll(".body.streaming").forEach((b) => setStreaming(b, false));
 }
 
 function updateActivity() {
@@ -876,6 +880,11 @@ window.addEventListener("pagehide", () => {
   ws?.close(1000, "page closed");
 });
 
+// Back/forward cache: the page comes back without its socket.
+window.addEventListener("pageshow", (event) => {
+  if (event.persisted) connect();
+});
+
 // Voices and defaults before the socket is up (the select is usable at once); `ready` refreshes them.
 fetch(new URL("api/info", document.baseURI))
   .then((r) => (r.ok ? r.json() : null))
@@ -886,6 +895,8 @@ fetch(new URL("api/info", document.baseURI))
   })
   .catch(() => {});
 
+// Wide screens have room to show the voice settings; phones keep them folded.
+if (window.matchMedia("(min-width: 700px)").matches) $("settings").open = true;
 reflectVoiceSettings();
 updateActivity();
 connect();

@@ -121,7 +121,7 @@ class PlaybackProcessor extends AudioWorkletProcessor {
       if (this.queue.length === 0) {
         this.playing = false;
         if (this.ending !== null && this.ending === this.currentTurn) {
-          this.port.postMessage({ type: "drained", turn: this.currentTurn });
+          this.port.postMessage({ type: "drained", turn: this.currentTurn, ...this.stats() });
           this.ending = null;
           this.currentTurn = null;
           this.prebuffer = this.minPrebuffer;

@@ -1,0 +1,142 @@
+"""The vLLM child-process path end to end, with tests/support/fake_vllm.py as the ``vllm`` CLI.
+
+The stand-in parses the real ``vllm serve`` flags strictly and serves the OpenAI API with llama.cpp, so
+spawning, the health wait, warm-up, readiness, the child's death and the clean stop are all real.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.fake_vllm import write_launcher
+from tests.support.llm_service import (
+    START_TIMEOUT_S,
+    LLMServiceProcess,
+    chat_body,
+    model_path,
+    open_stream,
+    pid_running,
+    run_cli,
+    running_service,
+    status,
+    wait_for,
+)
+from voicechat_common.localstack import free_port
+from voicechat_llm.engines.vllm import build_vllm_argv
+from voicechat_llm.main import EXIT_START_FAILED
+from voicechat_llm.report import WarmupReport
+from voicechat_llm.settings import LLMSettings
+
+pytestmark = pytest.mark.models
+
+SERVED_NAME = "smol"
+EXTRA_ARGS = '["--max-num-seqs","2"]'
+# A dead child must show within a couple of health intervals, generously for a loaded CI machine.
+NOTICE_S = 10.0
+
+
+@pytest.fixture(scope="module")
+def fake_vllm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_launcher(tmp_path_factory.mktemp("bin") / "vllm")
+
+
+def _vllm_args(fake_vllm: Path, *extra: str) -> tuple[str, ...]:
+    return (
+        *("--engine", "vllm", "--vllm-executable", str(fake_vllm), "--model", model_path()),
+        *("--served-model-name", SERVED_NAME, "--max-model-len", "2048", "--extra-args", EXTRA_ARGS),
+        *("--warmup-requests", "2", "--warmup-max-tokens", "8", "--health-interval-s", "1"),
+        *extra,
+    )
+
+
+@pytest.fixture(scope="module")
+def vllm_service(fake_vllm: Path, artifacts_dir: Path) -> Iterator[LLMServiceProcess]:
+    with running_service(
+        artifacts_dir / "logs" / "llm" / "vllm-child.log", *_vllm_args(fake_vllm)
+    ) as service:
+        yield service
+
+
+def _cmdline(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+
+
+def test_spawns_vllm_serve_and_becomes_ready(vllm_service: LLMServiceProcess, fake_vllm: Path) -> None:
+    report = WarmupReport.model_validate(vllm_service.warmup_report())
+    assert report.ready
+    assert report.engine == "vllm"
+    assert report.served_model_name == SERVED_NAME
+    assert report.requests == 2
+    assert report.warm_ttft_seconds is not None
+    assert report.warmup_seconds is not None
+    assert 0 < report.warm_ttft_seconds < report.warmup_seconds
+    # The child runs exactly the command line built from the settings (the launcher execs python).
+    assert report.engine_pid is not None
+    assert report.engine_pid != vllm_service.pid
+    settings = LLMSettings.model_validate(
+        {
+            "engine": "vllm",
+            "vllm_executable": str(fake_vllm),
+            "host": "127.0.0.1",
+            "engine_port": vllm_service.engine_port,
+            "max_model_len": 2048,
+            "extra_args": ["--max-num-seqs", "2"],
+        }
+    )
+    expected = build_vllm_argv(settings, model_path(), SERVED_NAME)
+    assert _cmdline(report.engine_pid)[-(len(expected) - 1) :] == expected[1:]
+
+
+async def test_clients_stream_from_the_child(vllm_service: LLMServiceProcess) -> None:
+    body = chat_body("What is the capital of France?", 16, model=SERVED_NAME)
+    async with httpx.AsyncClient(timeout=60) as client:
+        models = (await client.get(f"{vllm_service.engine_url}/v1/models")).json()
+        assert SERVED_NAME in {m["id"] for m in models["data"]}
+        async with open_stream(client, vllm_service.engine_url, body) as deltas:
+            text = "".join([delta async for delta in deltas])
+    assert text.strip()
+
+
+def test_child_killed_fails_livez_and_readyz(vllm_service: LLMServiceProcess) -> None:
+    child = vllm_service.warmup_report()["engine_pid"]
+    assert status(f"{vllm_service.gate_url}/livez") == 200
+    os.kill(child, signal.SIGKILL)
+    started = time.monotonic()
+    wait_for(lambda: status(f"{vllm_service.gate_url}/livez") == 503, NOTICE_S, "livez to fail")
+    wait_for(lambda: status(f"{vllm_service.gate_url}/readyz") == 503, NOTICE_S, "readyz to fail")
+    noticed = time.monotonic() - started
+    readyz = httpx.get(f"{vllm_service.gate_url}/readyz", timeout=5).json()
+    assert "exited with code -9" in readyz["reason"]
+    assert vllm_service.proc.running(), "the gate stays up to report the death (Kubernetes restarts the pod)"
+    assert noticed < NOTICE_S
+
+
+def test_sigterm_stops_child_and_exits_0(fake_vllm: Path, artifacts_dir: Path) -> None:
+    log = artifacts_dir / "logs" / "llm" / "vllm-sigterm.log"
+    with running_service(log, *_vllm_args(fake_vllm, "--warmup-requests", "1")) as service:
+        child = service.warmup_report()["engine_pid"]
+        assert pid_running(child)
+        service.terminate()
+        assert service.wait_exit(60) == 0
+        assert not pid_running(child)
+        assert status(f"{service.engine_url}/health") is None
+    assert "fake vllm: SIGTERM, shutting down" in log.read_text()
+
+
+def test_child_rejecting_its_command_line_fails_the_start(fake_vllm: Path) -> None:
+    result = run_cli(
+        *("--host", "127.0.0.1", "--engine-port", str(free_port()), "--gate-port", str(free_port())),
+        *_vllm_args(fake_vllm, "--extra-args", '["--no-such-vllm-flag"]'),
+        timeout_s=START_TIMEOUT_S,
+    )
+    assert result.returncode == EXIT_START_FAILED
+    assert "unrecognized arguments: --no-such-vllm-flag" in result.stderr  # the child's own argparse
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == "voicechat-llm: error: vllm engine exited with code 2 before answering its health check"
