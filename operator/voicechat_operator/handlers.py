@@ -41,6 +41,7 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         # Progress and the last handled spec live in annotations, so the CRD's status schema stays strict.
+        settings.persistence.finalizer = f"{GROUP}/kopf-timer"  # kopf needs it to stop the resync timer
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
             prefix=GROUP, key="last-handled-configuration"

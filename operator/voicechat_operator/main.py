@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import kopf
 
@@ -12,6 +13,20 @@ from voicechat_operator.handlers import build_registry
 from voicechat_operator.settings import OperatorSettings
 
 logger = logging.getLogger(__name__)
+
+
+def kopf_options(settings: OperatorSettings) -> dict[str, Any]:
+    """Keyword arguments of ``kopf.run`` / ``kopf.operator`` for these settings (tests start kopf the same way)."""
+    return {
+        "registry": build_registry(settings),
+        "clusterwide": settings.clusterwide,
+        "namespaces": settings.namespaces,
+        "standalone": settings.standalone,
+        # A peering name makes peering mandatory in kopf: only pass it when replicas must coordinate.
+        "peering_name": None if settings.standalone else settings.peering_name,
+        "priority": settings.priority,
+        "liveness_endpoint": settings.liveness_endpoint,
+    }
 
 
 def main() -> None:
@@ -25,15 +40,7 @@ def main() -> None:
             "peering": None if settings.standalone else settings.peering_name,
         },
     )
-    kopf.run(
-        registry=build_registry(settings),
-        clusterwide=settings.clusterwide,
-        namespaces=settings.namespaces,
-        standalone=settings.standalone,
-        peering_name=settings.peering_name,
-        priority=settings.priority,
-        liveness_endpoint=settings.liveness_endpoint,
-    )
+    kopf.run(**kopf_options(settings))
 
 
 if __name__ == "__main__":

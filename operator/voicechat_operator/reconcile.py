@@ -146,8 +146,10 @@ class Reconciler:
                 await self.client.apply(desired)
                 applied.append(f"{kind.kind}/{name}")
             if kind is kinds.DEPLOYMENT:
+                # Keep the observed generation: only a full reconcile of the spec may advance it.
+                previous = body.get("status") or {}
                 await self._write_status(
-                    owner, body["metadata"].get("generation"), endpoints(owner), None, body.get("status")
+                    owner, previous.get("observedGeneration"), endpoints(owner), None, previous
                 )
             return applied
 

@@ -30,6 +30,7 @@ DEFAULT_IMAGE_REPOSITORY = "ghcr.io/voicechat"
 ACTIVE_SESSIONS_METRIC = next(iter(ACTIVE_SESSIONS.describe())).name
 CONFIG_HASH_ANNOTATION = "voicechat.io/config-hash"
 PROMPT_KEY = "system-prompt.txt"
+HF_TOKEN_ENV = "HF_TOKEN"
 CONFIG_MOUNT = "/etc/voicechat"
 PROMPT_PATH = f"{CONFIG_MOUNT}/{PROMPT_KEY}"
 # Writable scratch space under a read-only root filesystem: HOME (model caches) and /tmp.
@@ -278,6 +279,14 @@ def _pod_spec(spec: VoiceChatSpec, container: Obj, volumes: list[Obj], grace: in
     return pod
 
 
+def _hugging_face_token(spec: VoiceChatSpec) -> list[Obj]:
+    secret = spec.llm.hugging_face_token_secret
+    if secret is None:
+        return []
+    # HF_TOKEN is read by huggingface_hub inside vLLM when it downloads a gated model.
+    return [{"name": HF_TOKEN_ENV, "valueFrom": {"secretKeyRef": {"name": secret.name, "key": secret.key}}}]
+
+
 def _image(explicit: str | None, component: str) -> str:
     return explicit or f"{DEFAULT_IMAGE_REPOSITORY}/voicechat-{component}:{__version__}"
 
@@ -298,7 +307,11 @@ def render_llm_deployment(owner: Owner, spec: VoiceChatSpec) -> Obj:
             {"name": "engine", "containerPort": ENGINE_PORT, "protocol": "TCP"},
             {"name": "gate", "containerPort": GATE_PORT, "protocol": "TCP"},
         ],
-        "env": [{"name": "HOME", "value": CACHE_MOUNT}, *_env_from_config(owner, llm_settings(owner, spec))],
+        "env": [
+            {"name": "HOME", "value": CACHE_MOUNT},
+            *_hugging_face_token(spec),
+            *_env_from_config(owner, llm_settings(owner, spec)),
+        ],
         "startupProbe": _http_probe(
             "/livez",
             "gate",

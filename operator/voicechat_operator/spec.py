@@ -58,12 +58,18 @@ class GPU(_Model):
     resource_name: str = Field("nvidia.com/gpu", min_length=1)
 
 
+class SecretKey(_Model):
+    name: str = Field(min_length=1)
+    key: str = Field("token", min_length=1)
+
+
 class LLMSpec(_Model):
     engine: Literal["vllm", "llamacpp"] = "vllm"
     model: str = Field(DEFAULT_VLLM_MODEL, min_length=1)
     served_model_name: str | None = Field(None, min_length=1)
     image: str | None = Field(None, min_length=1)
     image_pull_policy: PullPolicy = "IfNotPresent"
+    hugging_face_token_secret: SecretKey | None = None
     system_prompt: str = Field(DEFAULT_SYSTEM_PROMPT, min_length=1, max_length=65536)
     max_model_len: int = Field(4096, ge=256, le=1048576)
     replicas: int = Field(1, ge=0, le=64)

@@ -1,18 +1,14 @@
-"""Real headless Chromium (Debian's package) driven by Playwright, with a fake microphone playing a WAV.
+"""Fixtures: real headless Chromium (Debian's package) driven by Playwright, with a fake microphone.
 
-Facts these fixtures rely on are measured in docs of the project (browser-testing notes): Playwright must not
-download browsers (``executable_path`` points at /usr/bin/chromium); the fake capture file starts when the page
-opens the microphone and ``%noloop`` plays it once, then silence; the page is started by clicking, as a person
-would, so autoplay bugs are not hidden.
+Playwright never downloads browsers here (``executable_path`` points at /usr/bin/chromium); the fake capture
+file starts when the page opens the microphone and ``%noloop`` plays it once, then silence; pages are started
+by clicking, as a person would, so autoplay bugs are not hidden.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -27,51 +23,7 @@ from playwright.sync_api import (
     sync_playwright,
 )
 
-CHROMIUM = Path(os.environ.get("VOICECHAT_CHROMIUM", "/usr/bin/chromium"))
-# Point the browser tests at a running deployment instead of starting the local stack.
-URL_ENV = "VOICECHAT_TEST_SESSION_URL"
-
-BASE_ARGS = [
-    "--use-fake-ui-for-media-stream",
-    "--use-fake-device-for-media-stream",
-    "--autoplay-policy=no-user-gesture-required",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-@dataclass
-class PageLog:
-    """What a page reported besides its DOM: uncaught errors, console errors, control frames both ways."""
-
-    page_errors: list[str] = field(default_factory=list)
-    console_errors: list[str] = field(default_factory=list)
-    sent: list[dict[str, object]] = field(default_factory=list)
-    received: list[dict[str, object]] = field(default_factory=list)
-    binary_sent: int = 0
-
-    def unexpected_errors(self) -> list[str]:
-        # A favicon 404 is the only console error a healthy page may log (and ours inlines its icon).
-        console = [e for e in self.console_errors if "favicon.ico" not in e]
-        return self.page_errors + console
-
-    def sent_of_type(self, kind: str) -> list[dict[str, object]]:
-        return [m for m in self.sent if m.get("type") == kind]
-
-    def received_of_type(self, kind: str) -> list[dict[str, object]]:
-        return [m for m in self.received if m.get("type") == kind]
-
-
-def _json_or_none(payload: str | bytes) -> dict[str, object] | None:
-    if isinstance(payload, bytes):
-        return None
-    try:
-        value = json.loads(payload)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
+from tests.support.browser import BASE_ARGS, CHROMIUM, URL_ENV, PageLog, json_or_none
 
 
 @pytest.fixture(scope="session")
@@ -144,11 +96,11 @@ def open_page(
             def sent(payload: str | bytes) -> None:
                 if isinstance(payload, bytes):
                     log.binary_sent += 1
-                elif (value := _json_or_none(payload)) is not None:
+                elif (value := json_or_none(payload)) is not None:
                     log.sent.append(value)
 
             def received(payload: str | bytes) -> None:
-                if (value := _json_or_none(payload)) is not None:
+                if (value := json_or_none(payload)) is not None:
                     log.received.append(value)
 
             ws.on("framesent", sent)
@@ -185,11 +137,3 @@ def pytest_runtest_makereport(
     if report.when == "call":
         item.rep_call = report  # type: ignore[attr-defined]
     return report
-
-
-def publish_screenshot(source: Path, repo_root: Path) -> None:
-    """Refresh docs/screenshot.png (the README's picture) when asked to: VOICECHAT_UPDATE_SCREENSHOT=1."""
-    if os.environ.get("VOICECHAT_UPDATE_SCREENSHOT") == "1":
-        target = repo_root / "docs" / "screenshot.png"
-        target.parent.mkdir(exist_ok=True)
-        shutil.copyfile(source, target)

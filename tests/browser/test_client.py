@@ -18,8 +18,8 @@ import pytest
 from playwright.sync_api import Page, WebSocketRoute, expect
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-from tests.browser.conftest import PageLog, publish_screenshot
 from tests.conftest import REPO_ROOT
+from tests.support.browser import PageLog, publish_screenshot
 from tests.support.speech import speech_wav, words
 from voicechat_session.protocol import OUTPUT_SAMPLE_RATE
 
@@ -63,7 +63,8 @@ def wait_connected(page: Page) -> None:
 def test_spoken_turn_shows_words_reply_and_plays_audio(
     open_page: OpenPage, session_url: str, spoken_wav: Path, browser_dir: Path
 ) -> None:
-    page, log = open_page(f"{session_url}/", wav=spoken_wav)
+    # The README's screenshot: a laptop-sized window.
+    page, log = open_page(f"{session_url}/", wav=spoken_wav, viewport={"width": 960, "height": 720})
     wait_connected(page)
     expect(page.locator("#voice option")).not_to_have_count(0)
 
@@ -172,6 +173,44 @@ def test_interrupt_flushes_playback_and_next_turn_plays(
     assert log.unexpected_errors() == []
 
 
+def test_speaking_over_the_reply_interrupts_it(
+    open_page: OpenPage, session_url: str, browser_dir: Path
+) -> None:
+    # Speech starts as soon as the microphone opens: the person talks over the assistant (barge-in).
+    interjection = speech_wav("Wait, stop please. Tell me about Paris instead.", lead_s=0.2, tail_s=10.0)
+    page, log = open_page(f"{session_url}/", wav=interjection)
+    wait_connected(page)
+    box = page.get_by_label("Message")
+    box.fill("Describe a sunny day at the beach in three sentences.")
+    box.press("Enter")
+    wait_until(
+        page,
+        "window.voicechat.playingTurn !== null && window.voicechat.bufferedSamples > 0",
+        TURN_TIMEOUT_S,
+        "reply audio playing with audio buffered",
+    )
+    turn = str(state(page)["playingTurn"])
+    page.get_by_role("button", name="Start the microphone").click()
+
+    # The server hears the person and interrupts its own turn; the page flushes on its `interrupted`.
+    wait_until(page, f"window.voicechat.interruptedTurns.includes({turn})", TURN_TIMEOUT_S, "server barge-in")
+    reasons = [m.get("reason") for m in log.received_of_type("interrupted") if m["turn_id"] == int(turn)]
+    assert reasons == ["barge_in"], log.received_of_type("interrupted")
+    assert not log.sent_of_type("interrupt"), "the page must not have interrupted on its own"
+    wait_until(page, "window.voicechat.bufferedSamples === 0", 2, "playback flushed")
+    played_at_flush = state(page)["playedByTurn"][turn]
+    # The interjection becomes the next turn and gets its own answer.
+    wait_until(
+        page,
+        f"window.voicechat.transcripts.some(t => t.turn > {turn} && /paris/i.test(t.text))",
+        TURN_TIMEOUT_S,
+        "interjection transcribed",
+    )
+    assert state(page)["playedByTurn"][turn] == played_at_flush
+    page.screenshot(path=str(browser_dir / "barge-in.png"))
+    assert log.unexpected_errors() == []
+
+
 def test_server_error_is_shown_in_words(open_page: OpenPage, session_url: str, browser_dir: Path) -> None:
     page, log = open_page(f"{session_url}/")
     wait_connected(page)
@@ -226,6 +265,45 @@ def test_dropped_connection_reconnects_with_countdown(
     assert s["sessionId"] != first_session
     assert s["reconnects"] == 1
     assert len(routes) == 2
+    assert log.unexpected_errors() == []
+
+
+RESAMPLER_CHECK = """async ([inRate, outRate, freq]) => {
+  const { StreamResampler } = await import("./resampler.js");
+  const r = new StreamResampler(inRate, outRate);
+  const x = new Float32Array(inRate);  // one second
+  for (let i = 0; i < x.length; i++) x[i] = 0.5 * Math.sin(2 * Math.PI * freq * i / inRate);
+  const parts = [];
+  for (let i = 0; i < x.length; i += 128) parts.push(r.process(x.subarray(i, i + 128)));  // render quanta
+  const y = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
+  let o = 0;
+  for (const p of parts) { y.set(p, o); o += p.length; }
+  let err = 0, power = 0, n = 0;
+  for (let k = 200; k < y.length - 200; k++) {
+    const ideal = 0.5 * Math.sin(2 * Math.PI * freq * k / outRate);
+    err += (y[k] - ideal) ** 2; power += y[k] ** 2; n++;
+  }
+  return { length: y.length, latency: r.latencySamples, rmsError: Math.sqrt(err / n), rms: Math.sqrt(power / n) };
+}"""
+
+
+@pytest.mark.parametrize(
+    ("in_rate", "out_rate"), [(44_100, 16_000), (48_000, 16_000), (24_000, 44_100), (24_000, 48_000)]
+)
+def test_worklet_resampler_is_accurate_in_the_browser(
+    open_page: OpenPage, session_url: str, in_rate: int, out_rate: int
+) -> None:
+    """The resampler both worklets use (any context rate ↔ 16 kHz up, 24 kHz down), run by the browser."""
+    page, log = open_page(f"{session_url}/")
+    speech_band = page.evaluate(RESAMPLER_CHECK, [in_rate, out_rate, 440])
+    # One second in → one second out, less the look-ahead still held back.
+    held_back = speech_band["latency"] * out_rate / in_rate
+    assert out_rate - held_back - 2 <= speech_band["length"] <= out_rate
+    assert speech_band["rmsError"] < 1e-3, speech_band  # a 440 Hz tone comes out unchanged
+    if out_rate < in_rate:
+        # Above the new Nyquist frequency: filtered out, not folded back into the speech band as a whistle.
+        alias = page.evaluate(RESAMPLER_CHECK, [in_rate, out_rate, 0.45 * in_rate - 2_000])
+        assert alias["rms"] < 0.5 / 2**0.5 * 10 ** (-60 / 20), alias
     assert log.unexpected_errors() == []
 
 

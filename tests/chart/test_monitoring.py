@@ -57,11 +57,7 @@ def test_pod_monitors_select_the_operators_pods_and_ports(values: str) -> None:
 
 
 def test_service_monitors_select_the_operators_services_and_ports() -> None:
-    _, children = chart_and_children("custom-metrics-values.yaml")
-    objs = render(
-        [CI_VALUES_DIR / "custom-metrics-values.yaml"],
-        extra=["--set", "monitoring.serviceMonitor.enabled=true"],
-    )
+    objs, children = chart_and_children("servicemonitor-values.yaml")
     monitors = by_kind(objs, "ServiceMonitor")
     assert len(monitors) == 2
     for monitor in monitors:
@@ -97,5 +93,5 @@ def test_prometheus_adapter_serves_the_metric_the_operators_hpa_reads() -> None:
     (hpa,) = by_kind(children, "HorizontalPodAutoscaler")
     (pods_metric,) = [m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
     assert rule["name"]["as"] == pods_metric
-    assert rule["seriesQuery"].startswith(f"{ACTIVE_SESSIONS.describe()[0].name}{{")
+    assert rule["seriesQuery"].startswith(f"{next(iter(ACTIVE_SESSIONS.describe())).name}{{")
     assert rule["resources"]["overrides"]["pod"] == {"resource": "pod"}

@@ -103,14 +103,17 @@ def test_cluster_mode_binds_a_cluster_role() -> None:
     assert not by_kind(objs, "Role")
 
 
-def test_monitoring_renders_pod_and_service_monitors_for_session_and_llm() -> None:
-    objs = render([CI_VALUES_DIR / "monitoring-values.yaml"])
-    for kind in ("PodMonitor", "ServiceMonitor"):
-        monitors = by_kind(objs, kind)
-        components = {m["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] for m in monitors}
-        assert components == {"session", "llm"}
-        assert all(m["metadata"]["labels"]["release"] == "kube-prometheus-stack" for m in monitors)
-    assert not by_kind(render(), "PodMonitor")
+@pytest.mark.parametrize(
+    ("values", "kind"),
+    [("monitoring-values.yaml", "PodMonitor"), ("servicemonitor-values.yaml", "ServiceMonitor")],
+)
+def test_monitoring_renders_monitors_for_session_and_llm(values: str, kind: str) -> None:
+    objs = render([CI_VALUES_DIR / values])
+    monitors = by_kind(objs, kind)
+    components = {m["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] for m in monitors}
+    assert components == {"session", "llm"}
+    assert all(m["metadata"]["labels"]["release"] == "kube-prometheus-stack" for m in monitors)
+    assert not by_kind(render(), kind)
 
 
 def test_instance_and_helm_test_pod() -> None:

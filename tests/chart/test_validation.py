@@ -116,11 +116,20 @@ def test_values_schema_rejects_bad_values(case: str, tmp_path: Path) -> None:
         assert mentions in output, output
 
 
-def test_double_scraping_is_refused_with_a_clear_error(tmp_path: Path) -> None:
-    values = {
-        "monitoring": {"podMonitor": {"enabled": True}},
-        "voiceChat": {"enabled": True, "spec": {"monitoring": {"podMonitor": True}}},
-    }
-    done = helm("template", "vc", str(CHART_DIR), "-f", str(dump_values(tmp_path / "v.yaml", values)), check=False)
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"monitoring": {"podMonitor": {"enabled": True}, "serviceMonitor": {"enabled": True}}},
+        {
+            "monitoring": {"podMonitor": {"enabled": True}},
+            "voiceChat": {"enabled": True, "spec": {"monitoring": {"podMonitor": True}}},
+        },
+    ],
+    ids=["pod-and-service-monitors", "chart-and-instance-pod-monitors"],
+)
+def test_double_scraping_is_refused_with_a_clear_error(values: dict[str, Any], tmp_path: Path) -> None:
+    done = helm(
+        "template", "vc", str(CHART_DIR), "-f", str(dump_values(tmp_path / "v.yaml", values)), check=False
+    )
     assert done.returncode != 0
-    assert "enable one of them" in done.stderr
+    assert "scrape the same pods (every series twice): enable one of them" in done.stderr

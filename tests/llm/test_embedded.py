@@ -16,6 +16,7 @@ from tests.support.llm_service import (
     START_TIMEOUT_S,
     LLMServiceProcess,
     chat_body,
+    engine_client,
     launch,
     open_stream,
     running_service,
@@ -117,7 +118,7 @@ def test_gate_and_engine_metrics(embedded: Started) -> None:
 
 async def test_streamed_completion_with_system_prompt(embedded: Started) -> None:
     async with (
-        httpx.AsyncClient(timeout=60) as client,
+        engine_client(60) as client,
         open_stream(
             client, embedded.service.engine_url, chat_body("What is the capital of France?", 24)
         ) as deltas,
@@ -134,7 +135,7 @@ async def test_four_concurrent_streams_complete(embedded: Started) -> None:
         async with open_stream(client, embedded.service.engine_url, chat_body(question, 16)) as deltas:
             return "".join([delta async for delta in deltas])
 
-    async with httpx.AsyncClient(timeout=120) as client:
+    async with engine_client(120) as client:
         replies = await asyncio.gather(*(one(client, q) for q in questions))
     assert len(replies) == PARALLEL
     assert all(reply.strip() for reply in replies), replies
@@ -144,7 +145,7 @@ async def test_cancelled_streams_free_their_slots(embedded: Started) -> None:
     engine_url = embedded.service.engine_url
     # Long generations that would hold every slot for minutes if not cancelled.
     long_body = chat_body("Tell me a very long story about the sea.", 900, ignore_eos=True)
-    async with httpx.AsyncClient(timeout=120) as client:
+    async with engine_client(120) as client:
         async with AsyncExitStack() as streams:
             # Hold every delta iterator: a dropped one is finalised, which closes its stream early.
             held = []
@@ -187,7 +188,7 @@ async def test_sigterm_drains_in_flight_request_then_exits_0(artifacts_dir: Path
     with running_service(log, "--drain-timeout-s", "120", *CHEAP_WARMUP) as service:
         body = chat_body("Count from one to one hundred.", DRAIN_TOKENS, ignore_eos=True)
         async with (
-            httpx.AsyncClient(timeout=120) as client,
+            engine_client(120) as client,
             open_stream(client, service.engine_url, body) as deltas,
         ):
             received = [await anext(deltas)]
@@ -212,3 +213,18 @@ def test_system_prompt_hash_matches_setting(embedded: Started) -> None:
 
     report = embedded.service.warmup_report()
     assert report["system_prompt_sha256"] == hashlib.sha256(DEFAULT_SYSTEM_PROMPT.encode()).hexdigest()
+
+
+def test_sigterm_during_start_up_exits_0(artifacts_dir: Path) -> None:
+    log = artifacts_dir / "logs" / "llm" / "sigterm-start-up.log"
+    service = launch(log)
+    try:
+        wait_for(lambda: status(f"{service.gate_url}/readyz") is not None, START_TIMEOUT_S, "the gate")
+        # Generous: xllamacpp holds the GIL while it loads the model, which stalls the gate meanwhile.
+        assert status(f"{service.gate_url}/readyz", timeout_s=60) == 503
+        service.terminate()
+        assert service.wait_exit(60) == 0
+    finally:
+        service.proc.stop()
+    assert "stop requested during start-up" in log.read_text()
+    assert status(f"{service.engine_url}/health") is None

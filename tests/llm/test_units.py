@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 
 from tests.support.fake_vllm import build_parser
+from voicechat_common.localstack import free_port
+from voicechat_llm import config
 from voicechat_llm.engines.vllm import build_vllm_argv
 from voicechat_llm.gate import GateState, Phase
 from voicechat_llm.metrics import GateMetrics, count_in_flight
 from voicechat_llm.report import WarmupReport, WarmupSample
-from voicechat_llm.settings import LLMSettings
+from voicechat_llm.settings import DEFAULT_VLLM_MODEL, LLMSettings
 from voicechat_llm.warmup import WarmupError, chunk_content, parse_sse_data, warm_figures, warmup_user_turn
 
 
@@ -157,3 +162,31 @@ def test_count_in_flight() -> None:
     assert count_in_flight(llamacpp) == 3
     assert count_in_flight(vllm) == 3
     assert count_in_flight("# TYPE other gauge\nother 5\n") is None
+
+
+@pytest.mark.parametrize(
+    ("host", "url"),
+    [
+        ("0.0.0.0", "http://127.0.0.1:8000"),
+        ("10.0.0.5", "http://10.0.0.5:8000"),
+        ("::1", "http://[::1]:8000"),
+    ],
+)
+def test_engine_url_is_reachable_from_this_host(host: str, url: str, tmp_path: Path) -> None:
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("  Be brief.\n")
+    settings = _settings(engine="vllm", host=host, vllm_executable=sys.executable, system_prompt_file=prompt)
+    with pytest.MonkeyPatch.context() as patch:
+        # The ports are not bound here: only the derived values are under test.
+        patch.setattr(config, "check_port_free", lambda *_: None)
+        start = config.plan(settings)
+    assert start.engine_url(8000) == url
+    assert start.system_prompt == "Be brief."
+    assert start.served_model_name == start.model == DEFAULT_VLLM_MODEL
+
+
+def test_llamacpp_plan_names_the_model_after_the_file() -> None:
+    settings = _settings(engine_port=free_port(), gate_port=free_port())
+    start = config.plan(settings)
+    assert start.model == str(config.embedded_model_path().resolve())
+    assert start.served_model_name == "SmolLM2-135M-Instruct.Q4_1"

@@ -14,12 +14,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.fake_vllm import write_launcher
 from tests.support.llm_service import (
     START_TIMEOUT_S,
     LLMServiceProcess,
     chat_body,
+    engine_client,
     model_path,
     open_stream,
     pid_running,
@@ -29,6 +31,7 @@ from tests.support.llm_service import (
     wait_for,
 )
 from voicechat_common.localstack import free_port
+from voicechat_llm import metrics
 from voicechat_llm.engines.vllm import build_vllm_argv
 from voicechat_llm.main import EXIT_START_FAILED
 from voicechat_llm.report import WarmupReport
@@ -51,7 +54,16 @@ def _vllm_args(fake_vllm: Path, *extra: str) -> tuple[str, ...]:
     return (
         *("--engine", "vllm", "--vllm-executable", str(fake_vllm), "--model", model_path()),
         *("--served-model-name", SERVED_NAME, "--max-model-len", "2048", "--extra-args", EXTRA_ARGS),
-        *("--warmup-requests", "2", "--warmup-max-tokens", "8", "--health-interval-s", "1"),
+        *(
+            "--warmup-requests",
+            "2",
+            "--warmup-max-tokens",
+            "8",
+            "--health-interval-s",
+            "1",
+            "--health-timeout-s",
+            "1",
+        ),
         *extra,
     )
 
@@ -96,12 +108,33 @@ def test_spawns_vllm_serve_and_becomes_ready(vllm_service: LLMServiceProcess, fa
 
 async def test_clients_stream_from_the_child(vllm_service: LLMServiceProcess) -> None:
     body = chat_body("What is the capital of France?", 16, model=SERVED_NAME)
-    async with httpx.AsyncClient(timeout=60) as client:
+    async with engine_client(60) as client:
         models = (await client.get(f"{vllm_service.engine_url}/v1/models")).json()
         assert SERVED_NAME in {m["id"] for m in models["data"]}
         async with open_stream(client, vllm_service.engine_url, body) as deltas:
             text = "".join([delta async for delta in deltas])
     assert text.strip()
+
+
+def test_engine_not_answering_turns_unready_then_ready_again(vllm_service: LLMServiceProcess) -> None:
+    child = vllm_service.warmup_report()["engine_pid"]
+    readyz = f"{vllm_service.gate_url}/readyz"
+    os.kill(child, signal.SIGSTOP)  # alive but not answering: only the periodic probe can tell
+    try:
+        wait_for(lambda: status(readyz) == 503, NOTICE_S, "readyz to fail while the engine hangs")
+        assert "engine not answering" in httpx.get(readyz, timeout=5).json()["reason"]
+        assert status(f"{vllm_service.gate_url}/livez", timeout_s=10) == 503
+    finally:
+        os.kill(child, signal.SIGCONT)
+    wait_for(lambda: status(readyz) == 200, NOTICE_S, "readyz to recover")
+    gate_metrics = httpx.get(f"{vllm_service.gate_url}/metrics", timeout=5).text
+    failures = next(
+        s.value
+        for f in text_string_to_metric_families(gate_metrics)
+        for s in f.samples
+        if s.name == f"{metrics.HEALTH_CHECK_FAILURES}_total"
+    )
+    assert failures >= 1
 
 
 def test_child_killed_fails_livez_and_readyz(vllm_service: LLMServiceProcess) -> None:
@@ -140,3 +173,20 @@ def test_child_rejecting_its_command_line_fails_the_start(fake_vllm: Path) -> No
     assert "unrecognized arguments: --no-such-vllm-flag" in result.stderr  # the child's own argparse
     last = result.stderr.strip().splitlines()[-1]
     assert last == "voicechat-llm: error: vllm engine exited with code 2 before answering its health check"
+
+
+def test_startup_deadline_fails_the_start(tmp_path: Path) -> None:
+    # A "vllm" that accepts the command line but never serves.
+    silent = tmp_path / "vllm"
+    silent.write_text("#!/bin/sh\nexec sleep 600\n")
+    silent.chmod(0o755)
+    result = run_cli(
+        *("--host", "127.0.0.1", "--engine-port", str(free_port()), "--gate-port", str(free_port())),
+        *("--engine", "vllm", "--vllm-executable", str(silent), "--startup-timeout-s", "2"),
+        timeout_s=60,
+    )
+    assert result.returncode == EXIT_START_FAILED
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        "voicechat-llm: error: vllm engine did not become healthy within startup_timeout_s=2s"
+    )

@@ -35,6 +35,8 @@ from voicechat_session.settings import SessionSettings
 K8S_VERSIONS = ["1.29", "1.30", "1.31", "1.32", "1.33"]
 EXAMPLES = Path(__file__).resolve().parents[2] / "operator" / "examples"
 OWNER = Owner(name="demo", namespace="voice", uid="6f1c2b7e-0000-4000-8000-000000000001")
+# Variables read by third-party code in the images, not by the services' settings.
+OTHER_ENV = {"HOME", "HF_TOKEN"}
 LABEL_KEYS = {f"app.kubernetes.io/{k}" for k in ("name", "instance", "component", "part-of", "managed-by")}
 
 
@@ -103,7 +105,11 @@ def test_hpa_managed_deployment_has_no_replicas(spec_name: str) -> None:
     session = render_session_deployment(OWNER, spec)
     hpa = render_hpa(OWNER, spec)
     assert "replicas" not in session["spec"]
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "demo-session"}
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "demo-session",
+    }
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (
         spec.session.min_replicas,
         spec.session.max_replicas,
@@ -117,7 +123,9 @@ def _env(deployment: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 @pytest.mark.parametrize("spec_name", SPECS)
-def test_environment_names_exist_in_the_services_settings(spec_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_environment_names_exist_in_the_services_settings(
+    spec_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     spec = SPECS[spec_name]
     config = render_config_map(OWNER, spec)["data"]
     for deployment, settings_cls in (
@@ -125,13 +133,13 @@ def test_environment_names_exist_in_the_services_settings(spec_name: str, monkey
         (render_session_deployment(OWNER, spec), SessionSettings),
     ):
         prefix = settings_cls.model_config["env_prefix"]
-        names = {e["name"] for e in _env(deployment) if e["name"] != "HOME"}
+        names = {e["name"] for e in _env(deployment) if e["name"] not in OTHER_ENV}
         fields = {name.removeprefix(prefix).lower() for name in names}
         assert all(n.startswith(prefix) for n in names)
         assert fields <= set(settings_cls.model_fields), fields - set(settings_cls.model_fields)
         # The values parse with the service's own settings class (JSON lists, numbers, literals).
         for entry in _env(deployment):
-            if entry["name"] != "HOME":
+            if entry["name"] not in OTHER_ENV:
                 ref = entry["valueFrom"]["configMapKeyRef"]
                 assert ref["name"] == "demo-config"
                 monkeypatch.setenv(entry["name"], config[ref["key"]])
@@ -150,10 +158,17 @@ def test_env_name_refuses_unknown_settings() -> None:
 def test_session_pods_reach_the_llm_service_and_its_warmup_report() -> None:
     config = render_config_map(OWNER, SPECS["minimal"])["data"]
     assert config[env_name(SessionSettings, "llm_url")] == f"http://demo-llm.voice.svc:{ENGINE_PORT}/v1"
-    assert config[env_name(SessionSettings, "llm_warmup_url")] == f"http://demo-llm.voice.svc:{GATE_PORT}/warmup"
+    assert (
+        config[env_name(SessionSettings, "llm_warmup_url")] == f"http://demo-llm.voice.svc:{GATE_PORT}/warmup"
+    )
     assert config["system-prompt.txt"] == "You are a helpful voice assistant."
     eks = render_config_map(OWNER, SPECS["eks-g5"])["data"]
-    assert json.loads(eks[env_name(LLMSettings, "extra_args")]) == ["--gpu-memory-utilization", "0.92", "--max-num-seqs", "32"]
+    assert json.loads(eks[env_name(LLMSettings, "extra_args")]) == [
+        "--gpu-memory-utilization",
+        "0.92",
+        "--max-num-seqs",
+        "32",
+    ]
     assert eks[env_name(SessionSettings, "max_sessions")] == "8"
     assert eks[env_name(LLMSettings, "max_warm_ttft_s")] == "0.5"
 
@@ -195,21 +210,34 @@ def test_session_deployment_drains_and_reads_readiness() -> None:
     assert pod["imagePullSecrets"] == [{"name": "ghcr-pull"}]
 
 
+def test_gated_models_get_the_hugging_face_token_from_a_secret() -> None:
+    env = _env(render_llm_deployment(OWNER, SPECS["eks-g5"]))
+    assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token"}}} in env
+    assert all(e["name"] != "HF_TOKEN" for e in _env(render_llm_deployment(OWNER, SPECS["minimal"])))
+
+
 def test_service_type_port_and_annotations_come_from_the_spec() -> None:
     service = render_session_service(OWNER, SPECS["eks-g5"])
     assert service["spec"]["type"] == "LoadBalancer"
     assert service["spec"]["ports"][0]["port"] == 80
-    assert service["metadata"]["annotations"]["service.beta.kubernetes.io/aws-load-balancer-scheme"] == "internet-facing"
+    assert (
+        service["metadata"]["annotations"]["service.beta.kubernetes.io/aws-load-balancer-scheme"]
+        == "internet-facing"
+    )
 
 
 def test_hpa_metrics() -> None:
-    assert ACTIVE_SESSIONS_METRIC == next(iter(ACTIVE_SESSIONS.describe())).name == "voicechat_session_active_sessions"
+    assert (
+        ACTIVE_SESSIONS_METRIC
+        == next(iter(ACTIVE_SESSIONS.describe())).name
+        == "voicechat_session_active_sessions"
+    )
     cpu_only = render_hpa(OWNER, SPECS["minimal"])["spec"]
     assert [m["type"] for m in cpu_only["metrics"]] == ["Resource"]
     assert cpu_only["metrics"][0]["resource"]["target"] == {"type": "Utilization", "averageUtilization": 70}
     assert cpu_only["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 300
     both = render_hpa(OWNER, SPECS["eks-g5"])["spec"]
-    pods = [m for m in both["metrics"] if m["type"] == "Pods"][0]["pods"]
+    pods = next(m for m in both["metrics"] if m["type"] == "Pods")["pods"]
     assert pods == {
         "metric": {"name": ACTIVE_SESSIONS_METRIC},
         "target": {"type": "AverageValue", "averageValue": "6"},
@@ -259,11 +287,13 @@ def test_config_hash_rolls_exactly_the_pods_whose_configuration_changed() -> Non
     prompt = copy.deepcopy(base)
     prompt["llm"]["systemPrompt"] = "Speak like a pirate."
     llm1, session1 = _template_hashes(VoiceChatSpec.model_validate(prompt))
-    assert llm1 != llm0 and session1 != session0  # both read the prompt
+    assert llm1 != llm0
+    assert session1 != session0
     voice = copy.deepcopy(base)
     voice["session"]["tts"]["voice"] = "af_heart"
     llm2, session2 = _template_hashes(VoiceChatSpec.model_validate(voice))
-    assert llm2 == llm0 and session2 != session0  # a TTS change must not re-warm the GPU
+    assert llm2 == llm0
+    assert session2 != session0
 
 
 def test_rendering_is_deterministic() -> None:
@@ -287,7 +317,12 @@ def test_rbac_covers_every_call_the_operator_makes() -> None:
     assert not rbac.allows(rules, "", "secrets", "get")  # least privilege: nothing it does not use
     for rule in rules:
         kubernetes_validate.validate(
-            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "x"}, "rules": [rule]},
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRole",
+                "metadata": {"name": "x"},
+                "rules": [rule],
+            },
             "1.33",
             strict=True,
         )

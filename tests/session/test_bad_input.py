@@ -21,7 +21,7 @@ MAX_FRAME_BYTES = int(SessionSettings.model_fields["max_frame_bytes"].default)
 async def _expect_error(client: VoiceChatClient, frame: str | bytes, code: str) -> dict[str, object]:
     mark = len(client.events)
     await client.send_raw(frame)
-    error = await client.wait_for("error", after=mark, timeout=15)
+    error = await client.wait_for("error", after=mark, timeout_s=15)
     assert error["code"] == code, error
     assert error["message"]
     assert error["fatal"] is False
@@ -93,7 +93,7 @@ async def test_audio_faster_than_real_time_is_refused(pod_service: SessionServic
         mark = len(client.events)
         for _ in range(12):  # 12 s of audio at once: far beyond 3x real time plus the burst allowance
             await client.send_raw(second_of_silence)
-        error = await client.wait_for("error", after=mark, timeout=15)
+        error = await client.wait_for("error", after=mark, timeout_s=15)
         assert error["code"] == "audio_too_fast"
         assert error["fatal"] is False
         assert not client.closed
@@ -105,14 +105,15 @@ async def test_flooding_audio_closes_the_session(pod_service: SessionService) ->
         two_seconds = np.zeros(32_000, dtype=np.int16).tobytes()
         for _ in range(40):  # 80 s of audio in a burst: a misbehaving client
             await client.send_raw(two_seconds)
-        code, _reason = await client.wait_closed(timeout=30)
+        code, _reason = await client.wait_closed(timeout_s=30)
         assert code == CloseCode.POLICY_VIOLATION
         fatal = [e for e in client.errors() if e["fatal"]]
-        assert fatal and fatal[-1]["code"] == "audio_too_fast"
+        assert fatal
+        assert fatal[-1]["code"] == "audio_too_fast"
 
 
 async def test_frame_beyond_the_transport_limit_closes_1009(pod_service: SessionService) -> None:
     async with VoiceChatClient.connect(pod_service.ws_url) as client:
         await client.send_raw(b"\x00" * (MAX_FRAME_BYTES * 32))
-        code, _reason = await client.wait_closed(timeout=30)
+        code, _reason = await client.wait_closed(timeout_s=30)
         assert code == CloseCode.MESSAGE_TOO_BIG

@@ -40,10 +40,10 @@ async def test_full_pod_refuses_the_next_connection(limited: SessionService) -> 
         assert readyz.status_code == 503
         assert "full" in readyz.json()["reason"]
         async with VoiceChatClient.connect(limited.ws_url, wait_ready=False) as second:
-            error = await second.wait_for("error", timeout=15)
+            error = await second.wait_for("error", timeout_s=15)
             assert error["code"] == "server_full"
             assert error["fatal"] is True
-            code, reason = await second.wait_closed(timeout=15)
+            code, reason = await second.wait_closed(timeout_s=15)
             assert code == CloseCode.TRY_AGAIN_LATER
             assert reason
             assert not any(isinstance(e, dict) and e["type"] == "ready" for e in second.events)
@@ -59,7 +59,7 @@ async def test_full_pod_refuses_the_next_connection(limited: SessionService) -> 
 
 async def test_idle_session_is_closed(limited: SessionService) -> None:
     async with VoiceChatClient.connect(limited.ws_url) as client:
-        code, _reason = await client.wait_closed(timeout=IDLE_TIMEOUT_S + 15)
+        code, _reason = await client.wait_closed(timeout_s=IDLE_TIMEOUT_S + 15)
         assert code == CloseCode.IDLE_TIMEOUT
         assert client.errors()[-1]["code"] == "idle_timeout"
         assert client.errors()[-1]["fatal"] is True

@@ -39,16 +39,16 @@ async def test_llm_stopped_and_restarted_during_a_session(
 ) -> None:
     async with VoiceChatClient.connect(outage_service.ws_url) as client:
         await client.send({"type": "text", "text": "Say hello."})
-        assert (await client.wait_turn(timeout=240)).assistant_final
+        assert (await client.wait_turn(timeout_s=240)).assistant_final
 
         assert own_llm.llm is not None
         await asyncio.to_thread(own_llm.llm.stop)
         mark = len(client.events)
         await client.send({"type": "text", "text": "Are you there?"})
-        error = await client.wait_for("error", after=mark, timeout=60)
+        error = await client.wait_for("error", after=mark, timeout_s=60)
         assert error["code"] == "llm_unavailable"
         assert error["fatal"] is False
-        turn = await client.wait_turn(after=mark, timeout=30)
+        turn = await client.wait_turn(after=mark, timeout_s=30)
         assert turn.audio == b""
         assert not client.closed
 
@@ -60,7 +60,7 @@ async def test_llm_stopped_and_restarted_during_a_session(
         await restart
         mark = len(client.events)
         await client.send({"type": "text", "text": "Say hello again."})
-        turn = await client.wait_turn(after=mark, timeout=240)
+        turn = await client.wait_turn(after=mark, timeout_s=240)
         assert turn.assistant_final
         assert turn.audio
         assert client.errors(after=mark) == []

@@ -36,12 +36,12 @@ async def test_connection_sharing_loads_per_connection_and_is_slower(
         assert pod_client.ready is not None
         pod_connect_ms = pod_client.ready["connect_ms"]
     loads_before = sample(per_connection.metrics(), "voicechat_session_model_loads_total", scope="connection")
-    async with VoiceChatClient.connect(per_connection.ws_url, timeout=120) as client:
+    async with VoiceChatClient.connect(per_connection.ws_url, timeout_s=120) as client:
         assert client.ready is not None
         assert client.ready["sharing"] == "connection"
         connect_ms = client.ready["connect_ms"]
         await client.send({"type": "text", "text": "Say hello."})
-        turn = await client.wait_turn(timeout=240)
+        turn = await client.wait_turn(timeout_s=240)
         assert turn.assistant_final
         assert not is_silent(turn.audio_samples, OUTPUT_SAMPLE_RATE)
     after = per_connection.metrics()
@@ -55,9 +55,9 @@ async def test_connection_sharing_loads_per_connection_and_is_slower(
 async def test_sigterm_drains_open_sessions(per_connection: SessionService) -> None:
     process = per_connection.process
     assert process.proc is not None
-    async with VoiceChatClient.connect(per_connection.ws_url, timeout=120) as client:
+    async with VoiceChatClient.connect(per_connection.ws_url, timeout_s=120) as client:
         await client.send({"type": "text", "text": "Say hello."})
-        await client.wait_for("assistant", final=False, timeout=240)  # a turn is in progress
+        await client.wait_for("assistant", final=False, timeout_s=240)  # a turn is in progress
         process.proc.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
         await asyncio.to_thread(
@@ -68,14 +68,14 @@ async def test_sigterm_drains_open_sessions(per_connection: SessionService) -> N
         )
         assert "draining" in per_connection.get("/readyz").json()["reason"]
         async with VoiceChatClient.connect(per_connection.ws_url, wait_ready=False) as late:
-            assert (await late.wait_for("error", timeout=15))["code"] == "shutting_down"
-            code, _ = await late.wait_closed(timeout=15)
+            assert (await late.wait_for("error", timeout_s=15))["code"] == "shutting_down"
+            code, _ = await late.wait_closed(timeout_s=15)
             assert code == CloseCode.GOING_AWAY
         # The turn in progress finishes, then the session is closed with 1001 and a reason.
-        turn = await client.wait_turn(timeout=60)
+        turn = await client.wait_turn(timeout_s=60)
         assert not turn.metrics["interrupted"]
         assert turn.audio_seconds > 0
-        code, reason = await client.wait_closed(timeout=30)
+        code, reason = await client.wait_closed(timeout_s=30)
         assert code == CloseCode.GOING_AWAY
         assert reason
         assert client.errors()[-1]["code"] == "shutting_down"

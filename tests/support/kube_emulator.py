@@ -10,17 +10,21 @@ subclass adds it (see /work/shared/kubernetes-testing.md):
 - status subresources: writes to the main resource keep the stored status, ``/status`` writes change only it;
 - custom resources: CRD defaults applied and the schema validated (422 otherwise);
 - garbage collection of dependents through ownerReferences (uid) when the owner is deleted;
-- label selectors on list and watch; 404 for resource types that are not declared.
+- watches resume from the resourceVersion of the list (kmock re-sends every object as ADDED, which makes
+  kopf patch with stale versions), and honour label selectors, as lists do;
+- 404 for resource types that are not declared.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import datetime
 import itertools
 import json
 import re
 import uuid
+from collections import defaultdict
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -29,7 +33,7 @@ import aiohttp.web
 import attrs
 import jsonschema
 import kmock
-from kmock._internal import dicts, rendering
+from kmock._internal import dicts  # merge and JSON patch as kmock applies them (pinned kmock==0.8)
 
 from tests.support.kube_schema import apply_defaults, storage_schema, to_jsonschema
 
@@ -113,6 +117,13 @@ class KubeEmulator(kmock.KubernetesEmulator):
     _versions: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1000), init=False)
     _applied: dict[tuple[Key, str], dict[str, Any]] = attrs.field(factory=dict, init=False)
     _crd_schemas: dict[kmock.resource, dict[str, Any]] = attrs.field(factory=dict, init=False)
+    # Every watch event per resource with its resourceVersion, so watches can resume where a list ended.
+    _events: defaultdict[kmock.resource, list[tuple[int, dict[str, Any]]]] = attrs.field(
+        factory=lambda: defaultdict(list), init=False
+    )
+    _changed: asyncio.Condition = attrs.field(factory=asyncio.Condition, init=False)
+    # Namespaces that exist (kmock 0.8 cannot parse /api/v1/namespaces; served here instead).
+    namespaces: set[str] = attrs.field(factory=lambda: {"default", "kube-system"})
 
     # --- declarations -----------------------------------------------------------------------------------
 
@@ -142,9 +153,49 @@ class KubeEmulator(kmock.KubernetesEmulator):
             return None
         return copy.deepcopy(self.objects[key].raw)
 
+    # --- namespaces (kmock's path parser fails on the cluster-scoped core collection) ------------------
+
+    async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        if raw_request.method == "GET" and raw_request.path.rstrip("/") == "/api/v1/namespaces":
+            return await self._serve_namespaces(raw_request)
+        return await super().__call__(raw_request)
+
+    def _namespace_objects(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {
+                    "name": name,
+                    "labels": {"kubernetes.io/metadata.name": name},
+                    "resourceVersion": "1",
+                },
+                "status": {"phase": "Active"},
+            }
+            for name in sorted(self.namespaces)
+        ]
+
+    async def _serve_namespaces(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        if raw_request.query.get("watch") != "true":
+            return aiohttp.web.json_response(
+                {
+                    "apiVersion": "v1",
+                    "kind": "NamespaceList",
+                    "metadata": {"resourceVersion": "1"},
+                    "items": self._namespace_objects(),
+                }
+            )
+        response = aiohttp.web.StreamResponse()
+        await response.prepare(raw_request)
+        if raw_request.query.get("resourceVersion") is None:
+            for obj in self._namespace_objects():
+                await response.write(json.dumps({"type": "ADDED", "object": obj}).encode() + b"\n")
+        await asyncio.Event().wait()  # namespaces never change here; the client closes the stream
+        return response
+
     # --- reads: label selectors ------------------------------------------------------------------------
 
-    async def _serve_list(self, request: rendering.Request) -> rendering.Payload:
+    async def _serve_list(self, request: kmock.Request) -> kmock.Payload:
         result = await super()._serve_list(request)
         assert isinstance(result, dict)
         selector = request.params.get("labelSelector")
@@ -156,18 +207,45 @@ class KubeEmulator(kmock.KubernetesEmulator):
         result["metadata"] = {"resourceVersion": str(next(self._versions))}
         return result
 
-    async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[rendering.Payload]:
+    async def _serve_watch(self, request: kmock.Request) -> AsyncIterator[kmock.Payload]:
+        """Events after the client's resourceVersion (a real server replays from there), then live ones."""
+        yield b""  # send the headers: the stream is open even if nothing happens
+        assert request.resource is not None
         selector = request.params.get("labelSelector")
-        async for event in super()._serve_watch(request):
-            if isinstance(event, dict):
-                labels = event.get("object", {}).get("metadata", {}).get("labels") or {}
-                if not matches_label_selector(selector, labels):
+        since = request.params.get("resourceVersion")
+        position = 0
+        if since and since.isdigit():
+            log = self._events[request.resource]
+            position = next((i for i, (rv, _) in enumerate(log) if rv > int(since)), len(log))
+        else:  # no resourceVersion: the current objects first, as ADDED
+            async with self._lock:
+                position = len(self._events[request.resource])
+                current = [
+                    copy.deepcopy(obj.raw)
+                    for (resource, namespace, _), obj in self.objects.items()
+                    if resource == request.resource
+                    and not obj.deleted
+                    and (request.namespace is None or namespace == request.namespace)
+                ]
+            for obj in current:
+                if matches_label_selector(selector, obj.get("metadata", {}).get("labels") or {}):
+                    yield {"type": "ADDED", "object": obj}
+        log = self._events[request.resource]
+        while True:
+            async with self._changed:
+                while len(log) <= position:
+                    await self._changed.wait()
+                pending, position = log[position:], len(log)
+            for _, event in pending:
+                meta = event["object"].get("metadata", {})
+                if request.namespace is not None and meta.get("namespace") != request.namespace:
                     continue
-            yield event
+                if matches_label_selector(selector, meta.get("labels") or {}):
+                    yield copy.deepcopy(event)
 
     # --- writes -----------------------------------------------------------------------------------------
 
-    async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+    async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         if request.resource is None or request.action not in (
             kmock.action.CREATE,
             kmock.action.UPDATE,
@@ -218,7 +296,13 @@ class KubeEmulator(kmock.KubernetesEmulator):
             self.objects[key].create(obj)  # a new version replaces the old (history kept for assertions)
         else:
             self.objects[key] = obj
-        await self._buses[key[0]].put({"type": event, "object": copy.deepcopy(obj)})
+        await self._publish(key[0], event, obj)
+
+    async def _publish(self, resource: kmock.resource, event: str, obj: dict[str, Any]) -> None:
+        version = int(obj["metadata"]["resourceVersion"])
+        async with self._changed:
+            self._events[resource].append((version, {"type": event, "object": copy.deepcopy(obj)}))
+            self._changed.notify_all()
 
     async def _create(
         self, resource: kmock.resource, namespace: str | None, obj: dict[str, Any], manager: str | None = None
@@ -246,7 +330,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
         await self._store(key, obj, "ADDED")
         return obj, 201
 
-    async def _update(self, request: rendering.Request) -> tuple[dict[str, Any], int]:
+    async def _update(self, request: kmock.Request) -> tuple[dict[str, Any], int]:
         assert request.resource is not None
         assert request.name is not None
         resource, key = request.resource, self._key(request.resource, request.namespace, request.name)
@@ -329,7 +413,9 @@ class KubeEmulator(kmock.KubernetesEmulator):
 
     async def _remove(self, key: Key, obj: dict[str, Any]) -> None:
         self.objects[key].delete()
-        await self._buses[key[0]].put({"type": "DELETED", "object": copy.deepcopy(obj)})
+        obj = copy.deepcopy(obj)
+        obj["metadata"]["resourceVersion"] = str(next(self._versions))
+        await self._publish(key[0], "DELETED", obj)
         await self._collect_dependents(obj["metadata"].get("uid"))
 
     async def _collect_dependents(self, uid: str | None) -> None:

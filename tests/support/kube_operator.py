@@ -8,7 +8,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import kmock
 import kopf
@@ -18,10 +18,8 @@ from tests.support.kube_emulator import KubeEmulator, kube_request
 from tests.support.kube_schema import load_crd
 from voicechat_common.localstack import free_port
 from voicechat_operator import kinds
-from voicechat_operator.handlers import build_registry
+from voicechat_operator.main import kopf_options
 from voicechat_operator.settings import OperatorSettings
-
-T = TypeVar("T")
 
 POD_MONITOR_CRD: dict[str, Any] = {
     "apiVersion": "apiextensions.k8s.io/v1",
@@ -63,7 +61,7 @@ class Cluster:
     def writes_since(self, mark: int) -> list[str]:
         """Writes (POST/PATCH/DELETE) to the API after request number ``mark``, as 'METHOD path'."""
         return [
-            f"{r.method} {r.url.path}"
+            f"{r.method.value} {r.url.path}"
             for r in list(self.emulator)[mark:]
             if r.method in ("POST", "PATCH", "PUT", "DELETE") and "/events" not in r.url.path
         ]
@@ -83,29 +81,23 @@ async def emulated_cluster() -> AsyncIterator[Cluster]:
 
 
 @contextlib.asynccontextmanager
-async def running_operator(cluster: Cluster, workdir: Path, *, resync_s: float = 60.0) -> AsyncIterator[str]:
-    """The operator as ``voicechat-operator`` runs it (standalone, all namespaces); yields its liveness URL.
+async def running_operator(cluster: Cluster, workdir: Path, **overrides: Any) -> AsyncIterator[str]:
+    """The operator as ``voicechat-operator`` runs it (standalone, all namespaces unless ``overrides`` of
+    :class:`OperatorSettings` say otherwise); yields its liveness URL.
 
     It logs in through $KUBECONFIG, like a developer's machine; the caller sets that variable.
     """
     health_port = free_port()
-    settings = OperatorSettings(
-        standalone=True, health_host="127.0.0.1", health_port=health_port, resync_interval_s=resync_s
-    )
+    options: dict[str, Any] = {"standalone": True, "health_host": "127.0.0.1", "health_port": health_port}
+    settings = OperatorSettings(**{**options, **overrides})
     stop, ready = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(
         kopf.operator(
-            registry=build_registry(settings),
-            settings=kopf.OperatorSettings(),
-            clusterwide=True,
-            standalone=True,
-            liveness_endpoint=settings.liveness_endpoint,
-            stop_flag=stop,
-            ready_flag=ready,
+            **kopf_options(settings), settings=kopf.OperatorSettings(), stop_flag=stop, ready_flag=ready
         )
     )
     try:
-        await eventually(lambda: ready.is_set() or task.done(), what="operator ready", timeout=60)
+        await eventually(lambda: ready.is_set() or task.done(), what="operator ready", within=60)
         if task.done():
             task.result()  # raises the startup failure
         yield f"http://127.0.0.1:{health_port}/healthz"
@@ -131,16 +123,20 @@ def write_kubeconfig(path: Path, server: str) -> Path:
 
 
 async def eventually(
-    check: Callable[[], T | None | Awaitable[T | None]], *, what: str, timeout: float = 60.0, interval: float = 0.05
-) -> T:
-    """Poll ``check`` until it returns something truthy; fail with ``what`` and the last value at the deadline."""
-    deadline = time.monotonic() + timeout
+    check: Callable[[], Any], *, what: str, within: float = 60.0, interval: float = 0.05
+) -> Any:
+    """Poll ``check`` (sync or async) until it returns something truthy, and return that.
+
+    Fails with ``what`` and the last value once ``within`` seconds have passed: a condition with a deadline,
+    never a fixed sleep.
+    """
+    deadline = time.monotonic() + within
     last: Any = None
     while True:
         result = check()
         last = await result if isinstance(result, Awaitable) else result
         if last:
-            return last  # type: ignore[no-any-return]
+            return last
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+            raise AssertionError(f"timed out after {within}s waiting for {what}; last value: {last!r}")
         await asyncio.sleep(interval)

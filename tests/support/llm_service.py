@@ -109,10 +109,10 @@ def wait_for(condition: Callable[[], bool], timeout_s: float, what: str, interva
         time.sleep(interval_s)
 
 
-def status(url: str) -> int | None:
+def status(url: str, timeout_s: float = 5) -> int | None:
     """HTTP status of GET url, None when nothing answers."""
     try:
-        return httpx.get(url, timeout=5).status_code
+        return httpx.get(url, timeout=timeout_s).status_code
     except httpx.HTTPError:
         return None
 
@@ -155,6 +155,11 @@ def chat_body(user: str, max_tokens: int, **extra: Any) -> dict[str, Any]:
         "stream": True,
         **extra,
     }
+
+
+def engine_client(timeout_s: float) -> httpx.AsyncClient:
+    """A client for the engine without keep-alive (llama.cpp drops idle connections without notice)."""
+    return httpx.AsyncClient(timeout=timeout_s, limits=httpx.Limits(max_keepalive_connections=0))
 
 
 @asynccontextmanager

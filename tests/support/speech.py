@@ -75,7 +75,9 @@ def synthesize_espeak(text: str, voice: str = "en-us", speed: float = 1.0) -> tu
         raise RuntimeError("espeak-ng is not installed: run `make system` (scripts/install-system.sh)")
     words_per_minute = str(round(175 * speed))
     result = subprocess.run(
-        [binary, "-v", voice, "-s", words_per_minute, "--stdout", text],
+        # Text on stdin: a sentence starting with "-" must not read as an option.
+        [binary, "-v", voice, "-s", words_per_minute, "--stdout", "--stdin"],
+        input=text.encode(),
         check=True,
         capture_output=True,
         timeout=60,

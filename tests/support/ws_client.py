@@ -71,14 +71,14 @@ class VoiceChatClient:
     @classmethod
     @contextlib.asynccontextmanager
     async def connect(
-        cls, url: str, *, timeout: float = 30.0, wait_ready: bool = True, max_size: int | None = 2**24
+        cls, url: str, *, timeout_s: float = 30.0, wait_ready: bool = True, max_size: int | None = 2**24
     ) -> AsyncIterator[VoiceChatClient]:
         started = time.perf_counter()
-        ws = await asyncio.wait_for(websockets.connect(url, max_size=max_size), timeout)
+        ws = await asyncio.wait_for(websockets.connect(url, max_size=max_size), timeout_s)
         client = cls(ws, started)
         try:
             if wait_ready:
-                client.ready = await client.wait_for("ready", timeout=timeout)
+                client.ready = await client.wait_for("ready", timeout_s=timeout_s)
                 client.connect_s = time.perf_counter() - started
             yield client
         finally:
@@ -144,10 +144,10 @@ class VoiceChatClient:
 
     # ------------------------------------------------------------------------------------------- waiting
     async def wait_event(
-        self, predicate: Callable[[Event], bool], *, after: int = 0, timeout: float = 60.0
+        self, predicate: Callable[[Event], bool], *, after: int = 0, timeout_s: float = 60.0
     ) -> tuple[int, Event]:
         """The first event at index ≥ ``after`` that matches; raises TimeoutError or ConnectionError."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout_s
         async with self._changed:
             while True:
                 for index in range(after, len(self.events)):
@@ -161,13 +161,13 @@ class VoiceChatClient:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise TimeoutError(
-                        f"no matching event within {timeout:g} s; last events: {self.summary()[-8:]}"
+                        f"no matching event within {timeout_s:g} s; last events: {self.summary()[-8:]}"
                     )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), left)
 
     async def wait_for(
-        self, type_: str, *, after: int = 0, timeout: float = 60.0, **fields: Any
+        self, type_: str, *, after: int = 0, timeout_s: float = 60.0, **fields: Any
     ) -> dict[str, Any]:
         def matches(event: Event) -> bool:
             return (
@@ -176,18 +176,20 @@ class VoiceChatClient:
                 and all(event.get(k) == v for k, v in fields.items())
             )
 
-        _index, event = await self.wait_event(matches, after=after, timeout=timeout)
+        _index, event = await self.wait_event(matches, after=after, timeout_s=timeout_s)
         assert isinstance(event, dict)
         return event
 
-    async def wait_closed(self, timeout: float = 30.0) -> tuple[int | None, str | None]:
-        await asyncio.wait_for(asyncio.shield(self._reader), timeout)
+    async def wait_closed(self, timeout_s: float = 30.0) -> tuple[int | None, str | None]:
+        await asyncio.wait_for(asyncio.shield(self._reader), timeout_s)
         return self.close_code, self.close_reason
 
-    async def wait_turn(self, *, after: int = 0, timeout: float = 120.0) -> TurnResult:
+    async def wait_turn(self, *, after: int = 0, timeout_s: float = 120.0) -> TurnResult:
         """Everything about the next turn whose ``turn_metrics`` arrives at index ≥ ``after``."""
         index, end = await self.wait_event(
-            lambda e: isinstance(e, dict) and e.get("type") == "turn_metrics", after=after, timeout=timeout
+            lambda e: isinstance(e, dict) and e.get("type") == "turn_metrics",
+            after=after,
+            timeout_s=timeout_s,
         )
         assert isinstance(end, dict)
         return self.turn_result(int(end["turn_id"]), until=index + 1)
@@ -230,10 +232,10 @@ class VoiceChatClient:
             events=mine,
         )
 
-    async def history(self, timeout: float = 10.0) -> list[dict[str, str]]:
+    async def history(self, timeout_s: float = 10.0) -> list[dict[str, str]]:
         mark = len(self.events)
         await self.send({"type": "get_history"})
-        message = await self.wait_for("history", after=mark, timeout=timeout)
+        message = await self.wait_for("history", after=mark, timeout_s=timeout_s)
         return list(message["messages"])
 
     def errors(self, after: int = 0) -> list[dict[str, Any]]:
@@ -253,3 +255,42 @@ class VoiceChatClient:
                 text = json.dumps(event)
                 out.append(text if len(text) < 160 else text[:157] + "...")
         return out
+
+
+async def _probe(url: str, sentence: str, turns: int) -> None:
+    """Speak ``sentence`` to a running service ``turns`` times; print connect latency and time to first audio."""
+    from tests.support.speech import speech_audio
+
+    audio = speech_audio(sentence)
+    async with VoiceChatClient.connect(url, timeout_s=300) as client:
+        assert client.ready is not None
+        print(
+            f"connect: server {client.ready['connect_ms']:.2f} ms, client {1000 * (client.connect_s or 0):.1f} ms"
+        )
+        await client.start(sample_rate=16_000)
+        for _ in range(turns):
+            mark = len(client.events)
+            await client.stream_audio(audio, 16_000, trailing_silence_s=1.0)
+            turn = await client.wait_turn(after=mark, timeout_s=300)
+            m = turn.metrics
+            print(
+                f"turn {turn.turn_id}: heard {turn.transcript!r} → {turn.assistant_final!r}\n"
+                f"  time to first audio {m['time_to_first_audio_ms']} ms (endpointing {m['endpointing_ms']}, "
+                f"stt {m['stt_ms']}, llm ttft {m['llm_ttft_ms']}, tts first clause {m['tts_first_chunk_ms']}); "
+                f"reply audio {turn.audio_seconds:.2f} s"
+            )
+
+
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Talk to a running session service and print its latencies.")
+    parser.add_argument("url", nargs="?", default="ws://127.0.0.1:8080/ws")
+    parser.add_argument("--say", default="What is the capital of France?")
+    parser.add_argument("--turns", type=int, default=3)
+    args = parser.parse_args()
+    asyncio.run(_probe(args.url, args.say, args.turns))
+
+
+if __name__ == "__main__":
+    main()

@@ -78,7 +78,11 @@ class LLMService:
         timeout = httpx.Timeout(
             self.settings.health_timeout_s, read=max(120.0, self.settings.health_timeout_s)
         )
-        async with httpx.AsyncClient(timeout=timeout) as client:
+        # No keep-alive: llama.cpp's HTTP server closes idle connections without notice, and a request
+        # on such a stale connection fails ("disconnected without sending a response") — a false alarm
+        # for a health probe. A fresh loopback connection per request costs well under a millisecond.
+        limits = httpx.Limits(max_keepalive_connections=0)
+        async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
             gate, gate_task = await self._start_gate(client)
             try:
                 return await self._run_engine(client)
@@ -160,27 +164,24 @@ class LLMService:
     async def _startup(self, client: httpx.AsyncClient) -> None:
         started = time.monotonic()
         await self.engine.start()
-        if True:
-            await self.engine.wait_healthy(client, started + self.settings.startup_timeout_s)
-            load_seconds = time.monotonic() - started
-            self.state.report.load_seconds = load_seconds
-            self.state.report.engine_pid = self.engine.pid
-            self.state.metrics.load_seconds.set(load_seconds)
-            self.state.metrics.engine_up.set(1)
-            self.state.phase = Phase.WARMING
-            self.state.refresh()
-            log.info("engine healthy; warming up", extra={"load_seconds": round(load_seconds, 3)})
-            samples = await run_warmup(
-                client,
-                self.engine.base_url,
-                self.plan.served_model_name,
-                self.plan.system_prompt,
-                self.settings.warmup_user_prompt,
-                self.settings.warmup_requests,
-                self.settings.warmup_max_tokens,
-            )
-        finally:
-            watch.cancel()
+        await self.engine.wait_healthy(client, started + self.settings.startup_timeout_s)
+        load_seconds = time.monotonic() - started
+        self.state.report.load_seconds = load_seconds
+        self.state.report.engine_pid = self.engine.pid
+        self.state.metrics.load_seconds.set(load_seconds)
+        self.state.metrics.engine_up.set(1)
+        self.state.phase = Phase.WARMING
+        self.state.refresh()
+        log.info("engine healthy; warming up", extra={"load_seconds": round(load_seconds, 3)})
+        samples = await run_warmup(
+            client,
+            self.engine.base_url,
+            self.plan.served_model_name,
+            self.plan.system_prompt,
+            self.settings.warmup_user_prompt,
+            self.settings.warmup_requests,
+            self.settings.warmup_max_tokens,
+        )
         warm_ttft, warm_rate = warm_figures(samples)
         self.state.record_warmup(samples, warm_ttft, warm_rate, time.monotonic() - started)
         self.state.phase = Phase.SERVING

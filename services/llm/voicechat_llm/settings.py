@@ -59,7 +59,19 @@ class LLMSettings(BaseSettings):
         description="Context length (vLLM --max-model-len; llama.cpp: total n_ctx, split across the slots).",
     )
     parallel: int = Field(4, ge=1, le=256, description="llama.cpp: parallel slots for continuous batching.")
-    threads: int = Field(0, ge=0, description="llama.cpp: CPU threads (0 = all cores).")
+    threads: int = Field(
+        1,
+        ge=0,
+        description="llama.cpp: CPU threads (0 = all cores). 1 by default: on a CPU shared with STT/TTS, "
+        "more threads wait on each other and decode far slower.",
+    )
+    cpu_poll: int = Field(
+        0,
+        ge=0,
+        le=100,
+        description="llama.cpp: how hard idle worker threads busy-wait for work (0-100; 0 = sleep). "
+        "Polling only pays on cores nobody else uses.",
+    )
     gpu_memory_utilization: float = Field(0.90, gt=0, le=1, description="vLLM --gpu-memory-utilization.")
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM --tensor-parallel-size.")
     enable_prefix_caching: bool = Field(True, description="vLLM --enable-prefix-caching.")

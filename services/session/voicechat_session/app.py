@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from voicechat_session import metrics
 from voicechat_session.connection import Connection
-from voicechat_session.protocol import PROTOCOL_VERSION, CloseCode, ErrorMessage
+from voicechat_session.protocol import PROTOCOL_VERSION, CloseCode, ErrorCode, ErrorMessage
 from voicechat_session.serving import Pod
 from voicechat_session.settings import SessionSettings
 
@@ -100,7 +100,11 @@ async def serve_websocket(pod: Pod, websocket: WebSocket) -> None:
     await websocket.accept()
     if reason is not None:
         draining = pod.draining
-        code = "shutting_down" if draining else ("server_full" if pod.models or pod.voices else "internal")
+        code: ErrorCode = (
+            "shutting_down"
+            if draining
+            else ("not_ready" if pod.not_ready_reason is not None else "server_full")
+        )
         metrics.SESSIONS_REFUSED_TOTAL.labels(reason=code).inc()
         metrics.ERRORS_TOTAL.labels(code=code).inc()
         await websocket.send_text(ErrorMessage(code=code, message=reason, fatal=True).model_dump_json())

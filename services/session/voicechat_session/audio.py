@@ -69,7 +69,8 @@ class StreamingResampler:
         positions = positions[positions < last]
         out: Audio = np.interp(positions, np.arange(len(buf)), buf).astype(np.float32)
         next_pos = self._pos + self._step * len(positions)
-        drop = int(next_pos)
+        # Keep the sample the next output position starts from (it may lie in this chunk's last sample).
+        drop = min(int(next_pos), len(buf) - 1)
         self._pending = buf[drop:]
         self._pos = next_pos - drop
         return out

@@ -11,6 +11,7 @@ import re
 
 FIRST_CLAUSE_MIN_CHARS = 12
 CLAUSE_MIN_CHARS = 40
+FIRST_CLAUSE_MAX_CHARS = 80
 CLAUSE_MAX_CHARS = 220
 
 _SENTENCE_END = re.compile(r"[.!?…]+[\"')\]]*\s|\n+")
@@ -41,8 +42,10 @@ class ClauseSplitter:
         first_min_chars: int = FIRST_CLAUSE_MIN_CHARS,
         min_chars: int = CLAUSE_MIN_CHARS,
         max_chars: int = CLAUSE_MAX_CHARS,
+        first_max_chars: int = FIRST_CLAUSE_MAX_CHARS,
     ) -> None:
         self.first_min_chars = first_min_chars
+        self.first_max_chars = first_max_chars
         self.min_chars = min_chars
         self.max_chars = max_chars
         self._buf = ""
@@ -74,7 +77,8 @@ class ClauseSplitter:
         for match in _SOFT_BREAK.finditer(buf):
             if len(buf[: match.start()].strip()) >= min_soft:
                 return match.end()
-        if len(buf) > self.max_chars:
-            space = buf.rfind(" ", 0, self.max_chars)
-            return space + 1 if space > 0 else self.max_chars
+        max_chars = self.first_max_chars if self._emitted == 0 else self.max_chars
+        if len(buf) > max_chars:
+            space = buf.rfind(" ", 0, max_chars)
+            return space + 1 if space > 0 else max_chars
         return None

@@ -19,6 +19,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
 from pydantic import BaseModel, ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
@@ -88,6 +89,8 @@ class Turn:
     decided: float | None = None
     """perf_counter when the end of speech was decided (voice)."""
     task: asyncio.Task[None] | None = None
+    audio: Audio | None = None
+    """The utterance (voice turns), kept until transcribed so a superseding utterance can include it."""
     finalized: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -680,10 +683,17 @@ class Connection:
             return
         previous = self.turn
         if previous is not None and previous.active:
+            if audio is not None and previous.audio is not None and not previous.stt_done:
+                # The user went on talking before the last utterance was even transcribed: one utterance.
+                audio = np.concatenate([previous.audio, audio])
             self._interrupt(previous, "superseded")
         self._turn_seq += 1
         turn = Turn(
-            id=self._turn_seq, source=source, user_end=user_end or time.perf_counter(), decided=decided
+            id=self._turn_seq,
+            source=source,
+            user_end=user_end or time.perf_counter(),
+            decided=decided,
+            audio=audio,
         )
         self.turn = turn
         turn.task = asyncio.create_task(self._run_turn(turn, previous, audio, text), name=f"turn-{turn.id}")
@@ -704,6 +714,7 @@ class Connection:
                     self._error("stt_failed", "transcription failed")
                     turn.skipped = True
                     return
+                turn.audio = None
                 turn.stt_s = time.perf_counter() - started
                 metrics.STT_SECONDS.observe(turn.stt_s)
                 self._send(TranscriptMessage(text=text, final=True, turn_id=turn.id))
@@ -719,10 +730,6 @@ class Connection:
                 group.create_task(self._produce_text(turn, clauses))
                 group.create_task(self._synthesize(turn, clauses, audio_out))
                 group.create_task(self._pace(turn, audio_out))
-        except* LLMError as group:
-            exc = group.exceptions[0]
-            assert isinstance(exc, LLMError)
-            self._error(exc.code, str(exc))  # type: ignore[arg-type]
         except* TtsFailed:
             self._error("tts_failed", "speech synthesis failed")
         except* Exception:
@@ -745,7 +752,12 @@ class Connection:
             for clause in splitter.push(delta):
                 clauses.put_nowait(clause)
 
-        await self.pod.llm.stream(self.history.messages(), stats, on_delta)
+        try:
+            await self.pod.llm.stream(self.history.messages(), stats, on_delta)
+        except LLMError as exc:
+            # Tell the client now, and still speak what did arrive (a reply cut by a deadline is better
+            # than silence); the turn then ends normally.
+            self._error(exc.code, str(exc))
         if rest := splitter.flush():
             clauses.put_nowait(rest)
         clauses.put_nowait(None)

@@ -19,6 +19,7 @@ import httpx
 
 from voicechat_session import metrics
 from voicechat_session.history import ChatMessage
+from voicechat_session.protocol import ErrorCode
 from voicechat_session.settings import SessionSettings
 
 log = logging.getLogger(__name__)
@@ -27,19 +28,19 @@ log = logging.getLogger(__name__)
 class LLMError(Exception):
     """The LLM answered with an error or an unreadable stream."""
 
-    code = "llm_error"
+    code: ErrorCode = "llm_error"
 
 
 class LLMUnavailable(LLMError):
     """The LLM endpoint refused the connection or is not ready."""
 
-    code = "llm_unavailable"
+    code: ErrorCode = "llm_unavailable"
 
 
 class LLMTimeout(LLMError):
     """No first token, or no complete reply, within its deadline."""
 
-    code = "llm_timeout"
+    code: ErrorCode = "llm_timeout"
 
 
 @dataclass

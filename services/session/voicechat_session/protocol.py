@@ -161,6 +161,7 @@ ErrorCode = Literal[
     "stt_failed",
     "tts_failed",
     "server_full",
+    "not_ready",
     "idle_timeout",
     "session_expired",
     "shutting_down",

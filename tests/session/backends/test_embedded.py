@@ -92,6 +92,15 @@ def test_wrong_parts_fail_with_a_clear_error(tmp_path: Path, monkeypatch: pytest
     assert list(out.iterdir()) == []  # the temporary file is gone too
 
 
+def test_unwritable_cache_dir_says_what_to_set(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(
+        EmbeddedModelError, match=r"VOICECHAT_SESSION_MODEL_CACHE_DIR .* VOICECHAT_SESSION_TTS_MODEL_PATH"
+    ):
+        kokoro_model_path(blocker / "cache")
+
+
 def test_missing_package_names_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(EmbeddedModelError, match=r"'no_such_package_xyz' is not installed.*pip install"):
         embedded.package_dir("no_such_package_xyz", "no-such-package==1")

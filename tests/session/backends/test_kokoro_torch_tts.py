@@ -4,6 +4,7 @@ the pipeline's output, driven by a stand-in pipeline (torch and the hub weights 
 from __future__ import annotations
 
 import sys
+import types
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -157,3 +158,60 @@ def test_options_validate_local_paths(tmp_path: Path) -> None:
 def test_to_float32_flattens_any_array_like() -> None:
     assert to_float32([0.5, -0.5]).dtype == np.float32
     assert to_float32(np.ones((2, 3))).shape == (6,)
+
+
+def test_load_wires_kmodel_and_kpipeline_as_kokoro_0_9_expects(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``load`` against a stand-in ``kokoro`` module with the 0.9 constructor signatures (read from
+    hexgrad/kokoro ``kokoro/model.py`` and ``kokoro/pipeline.py``)."""
+    created: dict[str, Any] = {}
+
+    class KModel:
+        def __init__(self, repo_id: str | None = None, config: Any = None, model: str | None = None) -> None:
+            created["model"] = {"repo_id": repo_id, "config": config, "model": model}
+
+        def to(self, device: str) -> KModel:
+            created["device"] = device
+            return self
+
+        def eval(self) -> KModel:
+            return self
+
+    class KPipeline:
+        def __init__(self, lang_code: str, repo_id: str | None = None, model: Any = True) -> None:
+            created["pipeline"] = {"lang_code": lang_code, "repo_id": repo_id, "model": model}
+
+        def __call__(
+            self, text: str, voice: str, speed: float, split_pattern: str | None
+        ) -> Iterator[FakeResult]:
+            yield FakeResult(text, text, np.ones(5, np.float32))
+
+    module = types.ModuleType("kokoro")
+    module.KModel = KModel  # type: ignore[attr-defined]
+    module.KPipeline = KPipeline  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "kokoro", module)
+
+    weights = tmp_path / "kokoro-v1_0.pth"
+    weights.write_bytes(b"weights")
+    voices = tmp_path / "voices"
+    voices.mkdir()
+    for name in ("af_heart", "bm_george"):
+        (voices / f"{name}.pt").write_bytes(b"voice")
+    options = KokoroTorchOptions(lang="en-us", device="cuda", model_path=weights, voices_dir=voices)
+
+    with pytest.raises(FileNotFoundError, match=r"config\.json"):
+        KokoroTorchTTS.load(options)
+    (tmp_path / "config.json").write_text("{}")
+    tts = KokoroTorchTTS.load(options)
+
+    assert created["model"] == {
+        "repo_id": "hexgrad/Kokoro-82M",
+        "config": str(tmp_path / "config.json"),
+        "model": str(weights),
+    }
+    assert created["device"] == "cuda"
+    assert created["pipeline"]["lang_code"] == "en-us"  # KPipeline maps it to "a" (American English)
+    assert isinstance(created["pipeline"]["model"], KModel)
+    assert tts.voices == ["af_heart", "bm_george"]
+    assert tts.synthesize("Hi.", "bm_george", 1.0).size == 5

@@ -86,7 +86,7 @@ class Engine(ABC):
         return None
 
     def death_reason(self) -> str:
-        return f"{self.name} engine exited with code {self._exit_code}"
+        return f"{self.name} engine exited with code {self.exit_code}"
 
     async def wait_healthy(self, client: httpx.AsyncClient, deadline: float) -> None:
         """Poll the health endpoint until it answers 200; fail at once if the engine dies."""

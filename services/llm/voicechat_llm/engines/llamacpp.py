@@ -34,9 +34,9 @@ def build_params(settings: LLMSettings, plan: StartPlan) -> Any:
     params.n_parallel = settings.parallel
     params.cont_batching = True
     params.n_ctx = settings.max_model_len
-    # -1 lets llama.cpp pick the number of physical cores.
-    params.cpuparams.n_threads = settings.threads or -1
-    params.cpuparams_batch.n_threads = settings.threads or -1
+    for cpu in (params.cpuparams, params.cpuparams_batch):
+        cpu.n_threads = settings.threads or -1  # -1: llama.cpp uses every physical core
+        cpu.poll = settings.cpu_poll
     params.endpoint_metrics = True
     params.endpoint_slots = True
     params.cache_prompt = True

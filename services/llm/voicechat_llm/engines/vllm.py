@@ -74,6 +74,11 @@ class VllmEngine(Engine):
             log.error("vllm child exited unexpectedly", extra={"pid": proc.pid, "exit_code": code})
         self._mark_exited(code)
 
+    @property
+    def exit_code(self) -> int | None:
+        # Known as soon as the process is reaped, possibly before the watcher task has run.
+        return self._proc.returncode if self._proc is not None else super().exit_code
+
     def is_alive(self) -> bool:
         return self._proc is not None and self._proc.returncode is None
 

