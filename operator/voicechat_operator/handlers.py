@@ -30,18 +30,23 @@ class Credentials:
         return self.current
 
 
-def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
-    """A registry with the operator's handlers, configured by ``settings``."""
+def build_registry(operator_settings: OperatorSettings) -> kopf.OperatorRegistry:
+    """A registry with the operator's handlers, configured by ``operator_settings``."""
     registry = kopf.OperatorRegistry()
     credentials = Credentials()
     reconciler = Reconciler(
-        KubeClient(credentials, field_manager=settings.field_manager, timeout_s=settings.api_timeout_s)
+        KubeClient(
+            credentials,
+            field_manager=operator_settings.field_manager,
+            timeout_s=operator_settings.api_timeout_s,
+        )
     )
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        # kopf puts its finalizer on objects with timers (to stop them); name it after our group.
+        settings.persistence.finalizer = f"{GROUP}/kopf-timer"
         # Progress and the last handled spec live in annotations, so the CRD's status schema stays strict.
-        settings.persistence.finalizer = f"{GROUP}/kopf-timer"  # kopf needs it to stop the resync timer
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
             prefix=GROUP, key="last-handled-configuration"
@@ -51,8 +56,6 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
         settings.networking.request_timeout = operator_settings.api_timeout_s
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
-
-    operator_settings = settings
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -81,8 +84,8 @@ def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
     @kopf.timer(
         API_VERSION,
         PLURAL,
-        interval=settings.resync_interval_s,
-        initial_delay=settings.resync_interval_s,
+        interval=operator_settings.resync_interval_s,
+        initial_delay=operator_settings.resync_interval_s,
         registry=registry,
     )
     async def resync(body: kopf.Body, **_: Any) -> None:

@@ -118,15 +118,13 @@ class Reconciler:
         namespace = child.get("metadata", {}).get("namespace")
         if ref is None or not namespace:
             return []
-        body = await self.client.get(kinds.VOICECHAT, namespace, ref["name"])
-        if (
-            body is None
-            or body["metadata"].get("uid") != ref.get("uid")
-            or body["metadata"].get("deletionTimestamp")
-        ):
-            return []  # the owner is gone or going: garbage collection takes the children
-        owner = owner_of(body)
-        async with self._lock(owner):
+        # Read the owner under its lock, so its status is not stale against a reconcile that just ran.
+        async with self._locks[(namespace, ref["name"])]:
+            body = await self.client.get(kinds.VOICECHAT, namespace, ref["name"])
+            meta = (body or {}).get("metadata", {})
+            if body is None or meta.get("uid") != ref.get("uid") or meta.get("deletionTimestamp"):
+                return []  # the owner is gone or going: garbage collection takes the children
+            owner = owner_of(body)
             try:
                 spec = parse_spec(owner.name, body.get("spec") or {})
             except InvalidSpecError:
@@ -145,11 +143,11 @@ class Reconciler:
                 )
                 await self.client.apply(desired)
                 applied.append(f"{kind.kind}/{name}")
-            if kind is kinds.DEPLOYMENT:
-                # Keep the observed generation: only a full reconcile of the spec may advance it.
-                previous = body.get("status") or {}
+            previous = body.get("status") or {}
+            # Only a full reconcile of the spec advances observedGeneration; until one has run, it writes status.
+            if kind is kinds.DEPLOYMENT and previous.get("observedGeneration") is not None:
                 await self._write_status(
-                    owner, previous.get("observedGeneration"), endpoints(owner), None, previous
+                    owner, previous["observedGeneration"], endpoints(owner), None, previous
                 )
             return applied
 

@@ -31,6 +31,12 @@ TURN_TIMEOUT_S = 180.0
 CAPTURE_RATE = 16_000  # what the page announces in `start`
 
 OpenPage = Callable[..., tuple[Page, PageLog]]
+# Reply audio is playing and at least 250 ms more waits in the jitter buffer: enough that a click lands
+# while there is still something to flush, even on a loaded machine.
+PLAYING_WITH_BUFFER = (
+    "window.voicechat.playingTurn !== null && "
+    "window.voicechat.bufferedSamples > 0.25 * window.voicechat.contextSampleRate"
+)
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +136,7 @@ def test_interrupt_flushes_playback_and_next_turn_plays(
     # Interrupt while reply audio is playing and more of it is waiting in the jitter buffer.
     wait_until(
         page,
-        "window.voicechat.playingTurn !== null && window.voicechat.bufferedSamples > 0",
+        PLAYING_WITH_BUFFER,
         TURN_TIMEOUT_S,
         "reply audio playing with audio buffered",
     )
@@ -185,7 +191,7 @@ def test_speaking_over_the_reply_interrupts_it(
     box.press("Enter")
     wait_until(
         page,
-        "window.voicechat.playingTurn !== null && window.voicechat.bufferedSamples > 0",
+        PLAYING_WITH_BUFFER,
         TURN_TIMEOUT_S,
         "reply audio playing with audio buffered",
     )

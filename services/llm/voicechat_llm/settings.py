@@ -28,6 +28,7 @@ class LLMSettings(BaseSettings):
         cli_prog_name="voicechat-llm",
         cli_kebab_case=True,
         cli_implicit_flags=True,
+        cli_hide_none_type=True,
     )
 
     engine: Literal["llamacpp", "vllm"] = Field(

@@ -214,7 +214,7 @@ function textForCode(code, fallback) {
 function setConnection(state, text) {
   vc.state = state;
   el.connection.dataset.state = state;
-  el.connectionText.textContent = text;
+  if (el.connectionText.textContent !== text) el.connectionText.textContent = text; // no repeated announcements
   el.reconnectNow.hidden = !(state === "reconnecting" || state === "offline");
   updateControls();
 }
