@@ -6,6 +6,7 @@ several operators in one process without handlers leaking between them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -16,6 +17,7 @@ from voicechat_operator.kube import KubeClient
 from voicechat_operator.reconcile import Reconciler
 from voicechat_operator.render import MANAGED_LABELS
 from voicechat_operator.settings import OperatorSettings
+from voicechat_operator.spec import InvalidSpecError
 
 logger = logging.getLogger(__name__)
 
@@ -68,18 +70,30 @@ def build_registry(operator_settings: OperatorSettings) -> kopf.OperatorRegistry
     async def close(**_: Any) -> None:
         await reconciler.client.close()
 
+    async def apply_spec(body: kopf.Body) -> None:
+        try:
+            await reconciler.reconcile(body, force=True)
+        except InvalidSpecError as exc:
+            # Not retried: the status says InvalidSpec and kopf posts the reason as a Kubernetes event;
+            # the next spec change runs the update handler again.
+            raise kopf.PermanentError(f"invalid spec, nothing applied: {exc}") from exc
+
+    async def converge(body: kopf.Body) -> None:
+        with contextlib.suppress(InvalidSpecError):  # already in the status; no event every tick
+            await reconciler.reconcile(body, force=False)
+
     @kopf.on.create(API_VERSION, PLURAL, registry=registry)
     async def created(body: kopf.Body, **_: Any) -> None:
-        await reconciler.reconcile(body, force=True)
+        await apply_spec(body)
 
     @kopf.on.update(API_VERSION, PLURAL, registry=registry)
     async def updated(body: kopf.Body, **_: Any) -> None:
-        await reconciler.reconcile(body, force=True)
+        await apply_spec(body)
 
     @kopf.on.resume(API_VERSION, PLURAL, registry=registry)
     async def resumed(body: kopf.Body, **_: Any) -> None:
         # After a restart: apply only what is missing or drifted, so nothing churns.
-        await reconciler.reconcile(body, force=False)
+        await converge(body)
 
     @kopf.timer(
         API_VERSION,
@@ -89,7 +103,7 @@ def build_registry(operator_settings: OperatorSettings) -> kopf.OperatorRegistry
         registry=registry,
     )
     async def resync(body: kopf.Body, **_: Any) -> None:
-        await reconciler.reconcile(body, force=False)
+        await converge(body)
 
     async def child_event(body: kopf.Body, type: str | None, **_: Any) -> None:
         await reconciler.child_changed(body, type)

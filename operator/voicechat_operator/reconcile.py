@@ -87,7 +87,8 @@ class Reconciler:
 
         ``force`` applies every child (a spec change); otherwise only missing or drifted children are
         applied, so a restart or a timer tick writes nothing when nothing changed.
-        Raises :class:`KubeApiError` after recording ``ApplyFailed`` in the status (kopf retries).
+        Raises :class:`InvalidSpecError` after recording ``InvalidSpec`` (nothing applied), and
+        :class:`KubeApiError` after recording ``ApplyFailed`` in the status (kopf retries).
         """
         owner = owner_of(body)
         meta, previous = body["metadata"], body.get("status")
@@ -100,7 +101,7 @@ class Reconciler:
                     "invalid spec: nothing applied", extra=_log_extra(owner, problems=exc.problems)
                 )
                 await self._write_status(owner, generation, None, (INVALID_SPEC, str(exc)), previous)
-                return []
+                raise
             try:
                 applied = await self._converge(owner, spec, force=force)
             except KubeApiError as exc:

@@ -190,3 +190,22 @@ def test_startup_deadline_fails_the_start(tmp_path: Path) -> None:
     assert last.startswith(
         "voicechat-llm: error: vllm engine did not become healthy within startup_timeout_s=2s"
     )
+
+
+def test_child_ignoring_sigterm_is_killed_after_the_deadline(tmp_path: Path, artifacts_dir: Path) -> None:
+    # A "vllm" that never serves and ignores SIGTERM, as a wedged engine would.
+    stubborn = tmp_path / "vllm"
+    stubborn.write_text("#!/bin/sh\ntrap '' TERM\nwhile :; do sleep 1; done\n")
+    stubborn.chmod(0o755)
+    log = artifacts_dir / "logs" / "llm" / "vllm-stubborn.log"
+    args = ("--engine", "vllm", "--vllm-executable", str(stubborn), "--engine-stop-timeout-s", "1")
+    with running_service(log, *args, ready=False) as service:
+        report_url = f"{service.gate_url}/warmup"
+        wait_for(lambda: status(report_url) == 503, START_TIMEOUT_S, "the gate")
+        wait_for(lambda: service.warmup_report()["engine_pid"] is not None, 30, "the child to be spawned")
+        child = service.warmup_report()["engine_pid"]
+        assert pid_running(child)
+        service.terminate()
+        assert service.wait_exit(30) == 0
+        assert not pid_running(child)
+    assert "vllm child ignored SIGTERM; killing it" in log.read_text()

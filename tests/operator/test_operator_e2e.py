@@ -265,6 +265,24 @@ async def test_invalid_spec_at_creation_applies_nothing(cluster: Cluster, tmp_pa
         assert all(cluster.get(kind, NS, name) is None for kind, name in CHILDREN)
         assert _vc(cluster)["status"]["observedGeneration"] == 1
 
+        def warning_event() -> dict[str, Any] | None:
+            events = [
+                obj.raw
+                for (resource, namespace, _), obj in cluster.emulator.objects.items()
+                if resource.plural == "events" and namespace == NS and not obj.deleted
+            ]
+            return next(
+                (
+                    e
+                    for e in events
+                    if e["involvedObject"]["name"] == "demo" and "invalid spec" in e["message"]
+                ),
+                None,
+            )
+
+        event = await eventually(warning_event, what="a Kubernetes event for kubectl describe")
+        assert "targetCPUUtilizationPercent" in event["message"]
+
 
 async def test_schema_rejects_what_it_can(cluster: Cluster) -> None:
     body = copy.deepcopy(MINIMAL)

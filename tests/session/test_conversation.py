@@ -186,7 +186,8 @@ async def test_barge_in_stops_audio_and_truncates_history(pod_service: SessionSe
         assert spoken == generated[: len(spoken)], (spoken, generated)
         assert first.metrics["audio_ms"] == pytest.approx(first.audio_seconds * 1000, abs=1)
         # The interruption became the next user turn; the history holds only the spoken part of the first reply.
-        second = await client.wait_turn(after=index, timeout_s=240)
+        second_end = await client.wait_for("turn_metrics", turn_id=turn_id + 1, timeout_s=240)
+        second = client.turn_result(turn_id + 1, until=client.events.index(second_end) + 1)
         assert second.turn_id == turn_id + 1
         assert "stop" in words(second.transcript or "")
         history = await client.history()

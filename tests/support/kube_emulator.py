@@ -3,7 +3,8 @@
 kmock 0.8 stores objects and streams watch events, but leaves out what the API server itself does. This
 subclass adds it (see /work/shared/kubernetes-testing.md):
 
-- server-set metadata: uid, resourceVersion, creationTimestamp, namespace, generation (bumped on spec change);
+- server-set metadata: uid, resourceVersion, creationTimestamp, namespace, generation (bumped on spec change),
+  names from generateName;
 - server-side apply (``application/apply-patch+yaml``): create-or-update; fields the manager applied before
   and no longer applies are removed; other managers' fields are kept; a no-op apply changes nothing and emits
   no event (lists are atomic here; a real server merges associative lists such as containers by key);
@@ -308,6 +309,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
         self, resource: kmock.resource, namespace: str | None, obj: dict[str, Any], manager: str | None = None
     ) -> tuple[dict[str, Any], int]:
         meta = obj.setdefault("metadata", {})
+        if not meta.get("name") and meta.get("generateName"):
+            meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
         if not meta.get("name"):
             raise kmock.KubernetesError(status=422, reason="Invalid", message="metadata.name: Required value")
         key = self._key(resource, namespace or meta.get("namespace"), meta["name"])

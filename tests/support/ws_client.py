@@ -95,8 +95,7 @@ class VoiceChatClient:
         except ConnectionClosed:
             pass
         finally:
-            if self.ws.close_rcvd is not None:
-                self.close_code, self.close_reason = self.ws.close_rcvd.code, self.ws.close_rcvd.reason
+            self.close_code, self.close_reason = self.ws.close_code, self.ws.close_reason
             async with self._changed:
                 self._changed.notify_all()
 

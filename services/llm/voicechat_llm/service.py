@@ -27,7 +27,6 @@ from voicechat_llm.warmup import WarmupError, run_warmup, warm_figures
 log = logging.getLogger(__name__)
 
 DRAIN_POLL_S = 0.2
-ENGINE_STOP_TIMEOUT_S = 30.0
 
 
 class _GateServer(uvicorn.Server):
@@ -164,10 +163,10 @@ class LLMService:
     async def _startup(self, client: httpx.AsyncClient) -> None:
         started = time.monotonic()
         await self.engine.start()
+        self.state.report.engine_pid = self.engine.pid
         await self.engine.wait_healthy(client, started + self.settings.startup_timeout_s)
         load_seconds = time.monotonic() - started
         self.state.report.load_seconds = load_seconds
-        self.state.report.engine_pid = self.engine.pid
         self.state.metrics.load_seconds.set(load_seconds)
         self.state.metrics.engine_up.set(1)
         self.state.phase = Phase.WARMING
@@ -246,7 +245,7 @@ class LLMService:
 
     async def _stop_engine(self) -> None:
         self._stopping = True
-        await self.engine.stop(ENGINE_STOP_TIMEOUT_S)
+        await self.engine.stop(self.settings.engine_stop_timeout_s)
 
 
 def run_service(settings: LLMSettings, plan: StartPlan) -> int:

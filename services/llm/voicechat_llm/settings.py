@@ -95,6 +95,9 @@ class LLMSettings(BaseSettings):
     health_interval_s: float = Field(5.0, gt=0, description="How often the engine is probed while serving.")
     health_timeout_s: float = Field(3.0, gt=0, description="Timeout of one engine health probe.")
     drain_timeout_s: float = Field(20.0, ge=0, description="SIGTERM: how long in-flight requests may finish.")
+    engine_stop_timeout_s: float = Field(
+        30.0, gt=0, description="How long the engine may take to exit after SIGTERM before it is killed."
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level (debug also turns on llama.cpp's own info logs)."
     )

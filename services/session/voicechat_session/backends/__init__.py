@@ -1,1 +1,9 @@
-"""One interface per pipeline stage; implementations are chosen from settings and imported lazily."""
+"""One interface per pipeline stage; implementations are chosen from settings and imported lazily.
+
+- :mod:`.base`: the stage interfaces (``SpeechToText``, ``TextToSpeech``, ``VadModel``/``VadStream``).
+- :mod:`.loader`: ``load_models(settings) -> ModelSet`` and ``warm_up(models, settings)``.
+- :mod:`.faster_whisper_stt`, :mod:`.kokoro_onnx_tts`, :mod:`.kokoro_torch_tts`, :mod:`.silero_vad`: backends.
+- :mod:`.embedded`: model files shipped in PyPI packages (the offline defaults).
+- :mod:`.audio`: PCM16 conversion and a band-limited resampler.
+- :mod:`.bench`: ``python -m voicechat_session.backends.bench`` measures load time, RSS and time per call.
+"""

@@ -863,7 +863,9 @@ el.voice.addEventListener("change", () => {
 });
 
 el.speed.addEventListener("input", () => {
-  el.speedValue.textContent = `${Number(el.speed.value).toFixed(2)}×`;
+  const value = Number(el.speed.value).toFixed(2);
+  el.speedValue.textContent = `${value}×`;
+  el.speed.setAttribute("aria-valuetext", `${value} times`);
 });
 
 el.speed.addEventListener("change", () => {
