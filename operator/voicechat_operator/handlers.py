@@ -14,7 +14,7 @@ import kopf
 
 from voicechat_operator import API_VERSION, GROUP, PLURAL, kinds
 from voicechat_operator.kube import KubeClient
-from voicechat_operator.reconcile import Reconciler
+from voicechat_operator.reconcile import INVALID_SPEC, Reconciler
 from voicechat_operator.render import MANAGED_LABELS
 from voicechat_operator.settings import OperatorSettings
 from voicechat_operator.spec import InvalidSpecError
@@ -53,8 +53,6 @@ def build_registry(operator_settings: OperatorSettings) -> kopf.OperatorRegistry
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
             prefix=GROUP, key="last-handled-configuration"
         )
-        # Kubernetes events only for problems: a timer every minute must not flood `kubectl describe`.
-        settings.posting.level = logging.WARNING
         settings.networking.request_timeout = operator_settings.api_timeout_s
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
@@ -74,9 +72,11 @@ def build_registry(operator_settings: OperatorSettings) -> kopf.OperatorRegistry
         try:
             await reconciler.reconcile(body, force=True)
         except InvalidSpecError as exc:
-            # Not retried: the status says InvalidSpec and kopf posts the reason as a Kubernetes event;
-            # the next spec change runs the update handler again.
-            raise kopf.PermanentError(f"invalid spec, nothing applied: {exc}") from exc
+            # Not retried: the status says InvalidSpec, `kubectl describe` shows the event; the next spec
+            # change runs the update handler again.
+            message = f"invalid spec, nothing applied: {exc}"
+            kopf.warn(body, reason=INVALID_SPEC, message=message)
+            raise kopf.PermanentError(message) from exc
 
     async def converge(body: kopf.Body) -> None:
         with contextlib.suppress(InvalidSpecError):  # already in the status; no event every tick

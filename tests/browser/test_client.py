@@ -21,7 +21,7 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from tests.conftest import REPO_ROOT
 from tests.support.browser import PageLog, publish_screenshot
 from tests.support.speech import speech_wav, words
-from voicechat_session.protocol import OUTPUT_SAMPLE_RATE
+from voicechat_session.protocol import OUTPUT_SAMPLE_RATE, CloseCode, ErrorMessage
 
 pytestmark = [pytest.mark.browser, pytest.mark.models]
 
@@ -117,6 +117,14 @@ def test_spoken_turn_shows_words_reply_and_plays_audio(
     shot = browser_dir / "spoken-turn.png"
     page.screenshot(path=str(shot))
     publish_screenshot(shot, REPO_ROOT)
+
+    # Stop releases the microphone: no more audio leaves the page.
+    page.get_by_role("button", name="Stop the microphone").click()
+    expect(page.get_by_role("button", name="Start the microphone")).to_have_attribute("aria-pressed", "false")
+    expect(page.locator("#activity-text")).to_have_text("Microphone off")
+    frames_after_stop = state(page)["framesSent"]
+    page.wait_for_timeout(300)  # observing an absence: ~10 frames would have left in this time
+    assert state(page)["framesSent"] == frames_after_stop
     assert log.unexpected_errors() == []
     print(f"spoken turn: click → reply played out in {elapsed:.1f}s; transcript {user_text.inner_text()!r}")
 
@@ -310,6 +318,35 @@ def test_worklet_resampler_is_accurate_in_the_browser(
         # Above the new Nyquist frequency: filtered out, not folded back into the speech band as a whistle.
         alias = page.evaluate(RESAMPLER_CHECK, [in_rate, out_rate, 0.45 * in_rate - 2_000])
         assert alias["rms"] < 0.5 / 2**0.5 * 10 ** (-60 / 20), alias
+    assert log.unexpected_errors() == []
+
+
+def test_full_server_is_explained_and_retried(
+    open_page: OpenPage, session_url: str, browser_dir: Path
+) -> None:
+    attempts: list[WebSocketRoute] = []
+
+    def first_refused(route: WebSocketRoute) -> None:
+        attempts.append(route)
+        if len(attempts) == 1:
+            # Exactly what a session pod at max_sessions sends (voicechat_session.app.serve_websocket).
+            refusal = ErrorMessage(code="server_full", message="at max_sessions (8)", fatal=True)
+            route.send(refusal.model_dump_json())
+            route.close(code=CloseCode.TRY_AGAIN_LATER, reason="at max_sessions (8)")
+        else:
+            route.connect_to_server()
+
+    page, log = open_page("about:blank")
+    page.route_web_socket(re.compile(r".*/ws$"), first_refused)
+    page.goto(f"{session_url}/")
+    banner = page.get_by_role("alert")
+    expect(banner).to_contain_text("The server is busy: every session slot is in use.")
+    expect(page.locator("#connection-text")).to_have_text(re.compile(r"Server busy\. Reconnecting in \d+ s…"))
+    page.screenshot(path=str(browser_dir / "server-full.png"))
+    # The retry gets in; the busy message goes away by itself.
+    wait_connected(page)
+    expect(banner).to_be_hidden()
+    assert len(attempts) == 2
     assert log.unexpected_errors() == []
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import kmock
+import kubernetes_validate
 import pytest
 import yaml
 
@@ -28,8 +29,9 @@ from tests.support.kube_operator import (
 from tests.support.kube_schema import CRD_DIR
 from voicechat_common.localstack import free_port
 from voicechat_operator import kinds
-from voicechat_operator.render import CONFIG_HASH_ANNOTATION
+from voicechat_operator.render import CONFIG_HASH_ANNOTATION, Owner, render_children
 from voicechat_operator.settings import OperatorSettings
+from voicechat_operator.spec import parse_spec
 
 NS = "voice"
 MINIMAL: dict[str, Any] = {
@@ -282,6 +284,7 @@ async def test_invalid_spec_at_creation_applies_nothing(cluster: Cluster, tmp_pa
 
         event = await eventually(warning_event, what="a Kubernetes event for kubectl describe")
         assert "targetCPUUtilizationPercent" in event["message"]
+        assert (event["type"], event["reason"]) == ("Warning", "InvalidSpec")
 
 
 async def test_schema_rejects_what_it_can(cluster: Cluster) -> None:
@@ -375,3 +378,34 @@ async def test_peering_lets_only_the_highest_priority_replica_act(cluster: Clust
                 if r.method == "PATCH" and "fieldManager" in r.params
             }
     assert managers == {"replica-a"}
+
+
+EXAMPLES = {
+    path.stem: yaml.safe_load(path.read_text())
+    for path in sorted((Path(__file__).resolve().parents[2] / "operator" / "examples").glob("*.yaml"))
+}
+
+
+@pytest.mark.parametrize("example", EXAMPLES)
+async def test_every_example_reconciles_into_valid_children(
+    cluster: Cluster, tmp_path: Path, example: str
+) -> None:
+    """`kubectl apply -f operator/examples/X.yaml`: every child the server stores is a valid object."""
+    body = copy.deepcopy(EXAMPLES[example])
+    body["metadata"]["namespace"] = NS
+    name = body["metadata"]["name"]
+    spec = parse_spec(name, body["spec"])
+    owner = Owner(name=name, namespace=NS, uid="-")
+    expected = [(kinds.kind_of(obj), obj["metadata"]["name"]) for obj in render_children(owner, spec)]
+    async with running_operator(cluster, tmp_path):
+        await _create(cluster, body)
+        stored = await eventually(
+            lambda: (
+                all(cluster.get(kind, NS, n) for kind, n in expected)
+                and [cluster.get(kind, NS, n) for kind, n in expected]
+            ),
+            what=f"children of {example}",
+        )
+    for obj in stored:
+        if obj["kind"] != "PodMonitor":
+            kubernetes_validate.validate(obj, "1.33", strict=True)

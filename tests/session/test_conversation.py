@@ -87,24 +87,27 @@ async def test_typed_turn_and_history(pod_service: SessionService) -> None:
 
 
 async def test_two_sessions_are_isolated(pod_service: SessionService) -> None:
-    sentences = {
-        "jf_alpha": "My name is Alice and I like apples.",
-        "jm_kumo": "The weather today is cold and rainy.",
+    # Different voices, different words, and different microphone rates (16 kHz and 48 kHz).
+    sessions = {
+        "jf_alpha": ("My name is Alice and I like apples.", 16_000),
+        "jm_kumo": ("The weather today is cold and rainy.", 48_000),
     }
+    audio = {
+        voice: speech_audio(text, rate=rate) for voice, (text, rate) in sessions.items()
+    }  # made up front
 
-    audio = {voice: speech_audio(sentence) for voice, sentence in sentences.items()}  # before any streaming
-
-    async def converse(voice: str, sentence: str) -> tuple[VoiceChatClient, list[dict[str, str]], str | None]:
+    async def converse(voice: str, rate: int) -> tuple[VoiceChatClient, list[dict[str, str]], str | None]:
         async with VoiceChatClient.connect(pod_service.ws_url) as client:
-            started = await client.start(sample_rate=16_000, voice=voice)
+            started = await client.start(sample_rate=rate, voice=voice)
             assert started["voice"] == voice
-            await client.stream_audio(audio[voice], 16_000, trailing_silence_s=1.0)
+            assert started["sample_rate"] == rate
+            await client.stream_audio(audio[voice], rate, trailing_silence_s=1.0)
             turn = await client.wait_turn(timeout_s=240)
             assert not is_silent(turn.audio_samples, OUTPUT_SAMPLE_RATE)
             return client, await client.history(), turn.transcript
 
     (client_a, history_a, transcript_a), (client_b, history_b, transcript_b) = await asyncio.gather(
-        *(converse(voice, sentence) for voice, sentence in sentences.items())
+        *(converse(voice, rate) for voice, (_text, rate) in sessions.items())
     )
     assert client_a.ready is not None
     assert client_b.ready is not None

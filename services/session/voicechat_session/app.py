@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -98,6 +99,7 @@ async def serve_websocket(pod: Pod, websocket: WebSocket) -> None:
     """Admit or refuse a connection, then run it. Refusals are explained: an error event, then a close code."""
     reason = pod.readiness()
     await websocket.accept()
+    accepted = time.perf_counter()
     if reason is not None:
         draining = pod.draining
         code: ErrorCode = (
@@ -113,6 +115,6 @@ async def serve_websocket(pod: Pod, websocket: WebSocket) -> None:
     connection = Connection(pod, websocket)
     pod.register(connection)  # before any await: admission and registration are one step
     try:
-        await connection.run()
+        await connection.run(accepted)
     finally:
         pod.unregister(connection)

@@ -202,7 +202,7 @@ class Connection:
         self.speed = s.tts_speed
         self.sample_rate: int | None = None  # set by `start`
         self.history = ConversationHistory(
-            system_prompt=_system_prompt(s),
+            system_prompt=pod.system_prompt,
             max_messages=s.history_max_messages,
             max_chars=s.history_max_chars,
         )
@@ -222,12 +222,11 @@ class Connection:
         self._closing = False
         self.draining = False
         self.closed = asyncio.Event()
-        self._side_tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------------------------------ lifecycle
-    async def run(self) -> None:
-        """Serve the connection until either side closes it. The socket is already accepted."""
-        accepted = time.perf_counter()
+    async def run(self, accepted: float) -> None:
+        """Serve the connection until either side closes it. The socket was accepted at ``accepted``
+        (``time.perf_counter()``), the start of the measured connect latency."""
         tasks: list[asyncio.Task[None]] = []
         try:
             if not await self._open(accepted):
@@ -286,7 +285,7 @@ class Connection:
         return True
 
     async def _cleanup(self, tasks: list[asyncio.Task[None]]) -> None:
-        pending = [*tasks, *self._side_tasks]
+        pending = list(tasks)
         if self.turn is not None and self.turn.task is not None:
             pending.append(self.turn.task)
         if self._partial_task is not None:
@@ -815,9 +814,3 @@ class Connection:
                     await asyncio.sleep(ahead - lead_s)
                 self._send(_AudioOut(turn, index, chunk))
                 queued_s += len(chunk) / 2 / OUTPUT_SAMPLE_RATE
-
-
-def _system_prompt(settings: SessionSettings) -> str:
-    if settings.system_prompt_file is not None:
-        return settings.system_prompt_file.read_text(encoding="utf-8").strip()
-    return settings.system_prompt

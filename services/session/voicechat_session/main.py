@@ -61,7 +61,11 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"voicechat-session: invalid configuration: {_one_line(exc)}\n")
         return 2
     configure_logging(settings.log_level, settings.log_format)
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except OSError as exc:  # e.g. an unreadable system_prompt_file
+        sys.stderr.write(f"voicechat-session: invalid configuration: {_one_line(exc)}\n")
+        return 2
     config = uvicorn.Config(
         app,
         host=settings.host,

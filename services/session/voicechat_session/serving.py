@@ -70,6 +70,11 @@ class Pod:
 
     def __init__(self, settings: SessionSettings) -> None:
         self.settings = settings
+        self.system_prompt = (
+            settings.system_prompt_file.read_text(encoding="utf-8").strip()
+            if settings.system_prompt_file is not None
+            else settings.system_prompt
+        )
         self.workers = worker_count(settings)
         # STT and TTS: seconds-long calls, as many at once as there are cores.
         self.executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="model")

@@ -32,6 +32,7 @@ const ERROR_TEXT = {
   idle_timeout: "Disconnected after a long time without activity.",
   session_expired: "The session reached its maximum length and was closed.",
   shutting_down: "The server is restarting.",
+  not_ready: "The server is still starting up.",
   internal: "Something went wrong on the server.",
 };
 
@@ -45,6 +46,9 @@ const CLOSE_REASON = {
   4000: "idle_timeout",
   4001: "session_expired",
 };
+
+// The status line while waiting to reconnect.
+const RECONNECT_WHY = { server_full: "Server busy", shutting_down: "Server restarting", not_ready: "Server starting" };
 
 // Closes after which reconnecting on our own would only repeat the problem: wait for the person.
 const NO_AUTO_RECONNECT = new Set(["idle_timeout", "session_expired", "audio_too_fast", "frame_too_large"]);
@@ -278,7 +282,7 @@ function onClose(event) {
 function scheduleReconnect(code) {
   const delay = BACKOFF_S[Math.min(reconnectAttempt, BACKOFF_S.length - 1)];
   reconnectAttempt += 1;
-  const why = code === "server_full" ? "Server busy" : code === "shutting_down" ? "Server restarting" : "Connection lost";
+  const why = RECONNECT_WHY[code] || "Connection lost";
   const deadline = performance.now() + delay * 1000;
   const tick = () => {
     const left = Math.max(1, Math.ceil((deadline - performance.now()) / 1000));
