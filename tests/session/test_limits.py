@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.session.conftest import SessionService, session_service, wait_until
+from tests.session.conftest import SessionService, sample, session_service, wait_until
 from tests.support.ws_client import VoiceChatClient
 from voicechat_common.localstack import LocalStack
 from voicechat_session.protocol import CloseCode
@@ -36,6 +36,8 @@ async def test_full_pod_refuses_the_next_connection(limited: SessionService) -> 
     assert limited.get("/readyz").status_code == 200
     async with VoiceChatClient.connect(limited.ws_url) as first:
         assert first.ready is not None
+        metrics = await asyncio.to_thread(limited.metrics)
+        assert sample(metrics, "voicechat_session_active_sessions") == 1
         readyz = await asyncio.to_thread(limited.get, "/readyz")
         assert readyz.status_code == 503
         assert "full" in readyz.json()["reason"]
@@ -47,8 +49,11 @@ async def test_full_pod_refuses_the_next_connection(limited: SessionService) -> 
             assert code == CloseCode.TRY_AGAIN_LATER
             assert reason
             assert not any(isinstance(e, dict) and e["type"] == "ready" for e in second.events)
-        # The first session is unaffected.
+        # The first session is unaffected; the refusal is counted.
         assert await first.history()
+        metrics = await asyncio.to_thread(limited.metrics)
+        assert sample(metrics, "voicechat_session_refused_total", reason="server_full") == 1
+        assert sample(metrics, "voicechat_session_errors_total", code="server_full") == 1
     await asyncio.to_thread(
         wait_until,
         lambda: limited.get("/readyz").status_code == 200,

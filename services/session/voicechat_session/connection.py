@@ -544,9 +544,11 @@ class Connection:
         )
 
     def _on_reset(self) -> None:
-        if self.turn is not None and self.turn.active:
-            self.turn.discard_history = True
-            self._interrupt(self.turn, "reset")
+        turn = self.turn
+        if turn is not None and not turn.finalized.done():
+            # Also a turn that ended but whose reply the sender has not yet written to the history.
+            turn.discard_history = True
+            self._interrupt(turn, "reset")
         self.history.clear()
         self._send(HistoryClearedMessage())
 
