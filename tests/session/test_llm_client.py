@@ -119,3 +119,30 @@ async def test_cancelling_closes_the_http_stream() -> None:
         with pytest.raises(asyncio.CancelledError):
             await task
         await asyncio.wait_for(disconnected.wait(), 10)
+
+
+async def test_connection_dropped_before_any_response_is_retried_once() -> None:
+    """llama.cpp closes idle keep-alive connections silently: the request never reached the engine."""
+    connections = 0
+
+    async def handler(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        if connections == 1:
+            return  # closed without a byte, like a server dropping a stale keep-alive connection
+        writer.write(SSE_HEADERS + _chunk("Still here.") + b"0\r\n\r\n")
+        await writer.drain()
+
+    async with _server(handler) as url, httpx.AsyncClient() as http:
+        text = await _client(url, http).stream(MESSAGES, StreamStats(), lambda _d: None)
+    assert text == "Still here."
+    assert connections == 2
+
+
+async def test_connection_dropped_twice_is_reported() -> None:
+    async def handler(_reader: asyncio.StreamReader, _writer: asyncio.StreamWriter) -> None:
+        return
+
+    async with _server(handler) as url, httpx.AsyncClient() as http:
+        with pytest.raises(LLMUnavailable, match="connection broke"):
+            await _client(url, http).stream(MESSAGES, StreamStats(), lambda _d: None)

@@ -8,10 +8,11 @@ disconnect and aborts the generation, so an interrupted reply stops costing GPU 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,9 @@ from voicechat_session.protocol import ErrorCode
 from voicechat_session.settings import SessionSettings
 
 log = logging.getLogger(__name__)
+
+# Below llama.cpp's 5 s server-side keep-alive timeout (see serving.py).
+LLM_KEEPALIVE_EXPIRY_S = 2.0
 
 
 class LLMError(Exception):
@@ -117,6 +121,32 @@ class LLMClient:
             payload["model"] = model
         return payload
 
+    @contextlib.asynccontextmanager
+    async def _open_stream(
+        self, messages: Sequence[ChatMessage], model: str | None
+    ) -> AsyncIterator[httpx.Response]:
+        """POST the chat request; retried once when a pooled connection breaks before any response.
+
+        That failure means the server closed an idle keep-alive connection as we reused it: the request
+        never reached the engine, so sending it again is safe. Any later failure is reported, not retried.
+        """
+        request = self.http.build_request(
+            "POST",
+            f"{self.base_url}/chat/completions",
+            json=self._payload(messages, model),
+            headers=self._headers,
+            timeout=httpx.Timeout(10.0, read=self.settings.llm_stream_timeout_s),
+        )
+        try:
+            response = await self.http.send(request, stream=True)
+        except httpx.RemoteProtocolError:
+            log.info("LLM connection was closed while idle; retrying once", extra={"url": self.base_url})
+            response = await self.http.send(request, stream=True)
+        try:
+            yield response
+        finally:
+            await response.aclose()
+
     async def stream(
         self, messages: Sequence[ChatMessage], stats: StreamStats, on_delta: Callable[[str], None]
     ) -> str:
@@ -133,13 +163,7 @@ class LLMClient:
         metrics.LLM_STREAMS_ACTIVE.inc()
         try:
             async with asyncio.timeout(s.llm_first_token_timeout_s) as timer:
-                async with self.http.stream(
-                    "POST",
-                    f"{self.base_url}/chat/completions",
-                    json=self._payload(messages, model),
-                    headers=self._headers,
-                    timeout=httpx.Timeout(10.0, read=s.llm_stream_timeout_s),
-                ) as response:
+                async with self._open_stream(messages, model) as response:
                     if response.status_code != 200:
                         body = (await response.aread()).decode(errors="replace")[:300]
                         raise (LLMUnavailable if response.status_code in (502, 503, 504) else LLMError)(

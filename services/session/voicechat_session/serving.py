@@ -20,7 +20,7 @@ import httpx
 
 from voicechat_session import metrics
 from voicechat_session.backends.loader import ModelSet, load_models, warm_up, worker_count
-from voicechat_session.llm import LLMClient
+from voicechat_session.llm import LLM_KEEPALIVE_EXPIRY_S, LLMClient
 from voicechat_session.settings import SessionSettings
 
 if TYPE_CHECKING:
@@ -85,7 +85,12 @@ class Pod:
         self.warmup_seconds: dict[str, float] = {}
         self.voices: list[str] = []
         self.llm_info = LlmInfo(model=settings.llm_model)
-        self.http = httpx.AsyncClient(timeout=httpx.Timeout(10.0), limits=httpx.Limits(max_connections=None))
+        # llama.cpp's HTTP server closes idle keep-alive connections after 5 s without telling the client;
+        # expire ours first so a reused connection is never one the server already dropped.
+        self.http = httpx.AsyncClient(
+            timeout=httpx.Timeout(10.0),
+            limits=httpx.Limits(max_connections=None, keepalive_expiry=LLM_KEEPALIVE_EXPIRY_S),
+        )
         self.llm = LLMClient(settings, self.http)
         self.sessions: dict[str, Connection] = {}
         self.draining = False
