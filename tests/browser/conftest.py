@@ -36,7 +36,9 @@ def session_url(request: pytest.FixtureRequest) -> str:
     return str(stack.session_url)
 
 
-@pytest.fixture(scope="session")
+# Package scope, not session: Playwright's sync API keeps an event loop running on the main thread while it
+# is open, and every asyncio test collected after the browser tests would then fail to start its own loop.
+@pytest.fixture(scope="package")
 def playwright_instance() -> Iterator[Playwright]:
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: run `make system` (scripts/install-system.sh installs chromium)")

@@ -20,22 +20,11 @@ from tests.support.chart import (
     object_errors,
     render,
 )
+from tests.support.kube_schema import minimal_voicechat
 
 pytestmark = pytest.mark.helm
 
-MINIMAL_VOICECHAT: dict[str, Any] = {
-    "apiVersion": "voicechat.io/v1alpha1",
-    "kind": "VoiceChat",
-    "metadata": {"name": "demo", "namespace": "default"},
-    "spec": {
-        "llm": {
-            "engine": "vllm",
-            "model": "meta-llama/Llama-3.1-8B-Instruct",
-            "systemPrompt": "You are a helpful voice assistant.",
-        },
-        "session": {"minReplicas": 2, "maxReplicas": 10},
-    },
-}
+MINIMAL_VOICECHAT: dict[str, Any] = minimal_voicechat()
 
 
 def test_design_minimal_voicechat_is_valid() -> None:

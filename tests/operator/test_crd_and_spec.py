@@ -16,6 +16,7 @@ from tests.support.kube_schema import (
     CRD_DIR,
     apply_defaults,
     load_crd,
+    minimal_voicechat,
     storage_schema,
     to_jsonschema,
     validate_custom_resource,
@@ -29,19 +30,7 @@ from voicechat_session.settings import SessionSettings
 K8S_VERSIONS = ["1.29", "1.30", "1.31", "1.32", "1.33"]
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO / "operator" / "examples").glob("*.yaml"))
-DESIGN_MINIMAL: dict[str, Any] = {
-    "apiVersion": "voicechat.io/v1alpha1",
-    "kind": "VoiceChat",
-    "metadata": {"name": "demo", "namespace": "default"},
-    "spec": {
-        "llm": {
-            "engine": "vllm",
-            "model": "meta-llama/Llama-3.1-8B-Instruct",
-            "systemPrompt": "You are a helpful voice assistant.",
-        },
-        "session": {"minReplicas": 2, "maxReplicas": 10},
-    },
-}
+DESIGN_MINIMAL: dict[str, Any] = minimal_voicechat()
 
 
 def _example_crs() -> list[dict[str, Any]]:

@@ -26,7 +26,7 @@ from tests.support.kube_operator import (
     running_operator,
     write_kubeconfig,
 )
-from tests.support.kube_schema import CRD_DIR
+from tests.support.kube_schema import CRD_DIR, minimal_voicechat
 from voicechat_common.localstack import free_port
 from voicechat_operator import kinds
 from voicechat_operator.render import CONFIG_HASH_ANNOTATION, Owner, render_children
@@ -34,19 +34,7 @@ from voicechat_operator.settings import OperatorSettings
 from voicechat_operator.spec import parse_spec
 
 NS = "voice"
-MINIMAL: dict[str, Any] = {
-    "apiVersion": "voicechat.io/v1alpha1",
-    "kind": "VoiceChat",
-    "metadata": {"name": "demo", "namespace": NS},
-    "spec": {
-        "llm": {
-            "engine": "vllm",
-            "model": "meta-llama/Llama-3.1-8B-Instruct",
-            "systemPrompt": "You are a helpful voice assistant.",
-        },
-        "session": {"minReplicas": 2, "maxReplicas": 10},
-    },
-}
+MINIMAL: dict[str, Any] = minimal_voicechat(NS)
 PEERINGS = kmock.resource(group="kopf.dev", version="v1", plural="clusterkopfpeerings")
 CHILDREN = [
     (kinds.CONFIG_MAP, "demo-config"),

@@ -18,6 +18,17 @@ import voicechat_operator
 
 CRD_DIR = Path(voicechat_operator.__file__).parent / "crds"
 VOICECHAT_CRD_PATH = CRD_DIR / "voicechats.voicechat.io.yaml"
+# The smallest VoiceChat the design says must be accepted; tests copy it from here, never retype it.
+MINIMAL_VOICECHAT_PATH = (
+    Path(__file__).resolve().parents[2] / "operator" / "examples" / "voicechat-minimal.yaml"
+)
+
+
+def minimal_voicechat(namespace: str = "default") -> dict[str, Any]:
+    """A fresh copy of the design's minimal VoiceChat, in ``namespace``."""
+    cr: dict[str, Any] = yaml.safe_load(MINIMAL_VOICECHAT_PATH.read_text())
+    cr["metadata"]["namespace"] = namespace
+    return cr
 
 
 def load_crd(path: Path = VOICECHAT_CRD_PATH) -> dict[str, Any]:
