@@ -183,6 +183,12 @@ def _fmt_ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}x" if value >= 10 else f"{value:.1f}x"
 
 
+def _fmt_errors(errors: dict[str, int], turns: int) -> str:
+    if not errors:
+        return ""
+    return " (" + ", ".join(f"{n} of {turns} turns {code}" for code, n in errors.items()) + ")"
+
+
 def markdown_table(results: BenchResults) -> str:
     """The README's performance table."""
     pod = {lvl.concurrent: lvl for lvl in results.connect.get("pod", [])}
@@ -206,7 +212,8 @@ def markdown_table(results: BenchResults) -> str:
     for lvl in results.ttfa:
         who = "1 user" if lvl.users == 1 else f"{lvl.users} concurrent users"
         rows.append(
-            f"| time to first audio p50 / p95, {who} | {_fmt_s(lvl.ttfa.p50)} / {_fmt_s(lvl.ttfa.p95)} | | |"
+            f"| time to first audio p50 / p95, {who} | {_fmt_s(lvl.ttfa.p50)} / {_fmt_s(lvl.ttfa.p95)}"
+            f"{_fmt_errors(lvl.errors, lvl.turns)} | | |"
         )
     rows.append(f"| LLM warm-up (engine start → ready) | {_fmt_s(results.llm.warmup_seconds)} | | |")
     cap = results.capacity

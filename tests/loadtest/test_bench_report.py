@@ -89,6 +89,16 @@ def test_markdown_table() -> None:
     assert "| connect p50 / p99, 1 concurrent | 2 ms / 2 ms | 2.00 s / 2.00 s | 1,000x / 1,000x |" in rows
     assert "| connect p50 / p99, 16 concurrent | 32 ms / 32 ms | skipped (3.0 GiB free) | - / - |" in rows
     assert "| time to first audio p50 / p95, 1 user | 1.10 s / 1.19 s | | |" in rows
+    failed = build_report(
+        target="t", started_at="x", wall_s=1, config={}, users=2, connects=[],
+        turns=[_turn(0, 1.0), _turn(1, None, error="turn_timeout")],
+    )  # fmt: skip
+    results = _results()
+    results.ttfa.append(ttfa_level(failed))
+    assert (
+        "| time to first audio p50 / p95, 2 concurrent users | 1.00 s / 1.00 s (1 of 2 turns turn_timeout) | | |"
+        in (markdown_table(results).splitlines())
+    )
     assert "| LLM warm-up (engine start → ready) | 3.25 s | | |" in table
     assert "(2.20 s) | 3 | | |" in table
     assert "SmolLM2.gguf (llamacpp)" in table
