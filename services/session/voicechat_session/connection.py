@@ -31,6 +31,7 @@ from voicechat_session.backends.loader import ModelSet, load_models
 from voicechat_session.clauses import ClauseSplitter, speakable
 from voicechat_session.history import ConversationHistory
 from voicechat_session.llm import LLMError, StreamStats
+from voicechat_session.pool import Priority
 from voicechat_session.protocol import (
     OUTPUT_SAMPLE_RATE,
     AssistantMessage,
@@ -244,7 +245,7 @@ class Connection:
         if s.sharing == "connection":
             # The design's "before": this connection loads its own weights, the user waits.
             try:
-                self.models = await self.pod.run_model(load_models, s)
+                self.models = await self.pod.run_model(Priority.BACKGROUND, load_models, s)
                 metrics.MODEL_LOADS_TOTAL.labels(scope="connection").inc()
             except Exception:
                 log.exception("loading models for a connection failed", extra={"session_id": self.session_id})
@@ -642,7 +643,7 @@ class Connection:
     async def _partial(self, audio: Audio, utterance: int) -> None:
         assert self.models is not None
         try:
-            text = await self.pod.run_model(self.models.stt.transcribe, audio)
+            text = await self.pod.run_model(Priority.BACKGROUND, self.models.stt.transcribe, audio)
         except Exception:
             log.warning("partial transcription failed", extra={"session_id": self.session_id}, exc_info=True)
             return
@@ -709,7 +710,7 @@ class Connection:
             if audio is not None:
                 started = time.perf_counter()
                 try:
-                    text = await self.pod.run_model(self.models.stt.transcribe, audio)
+                    text = await self.pod.run_model(Priority.FIRST_AUDIO, self.models.stt.transcribe, audio)
                 except Exception:
                     log.exception("transcription failed", extra={"session_id": self.session_id})
                     self._error("stt_failed", "transcription failed")
@@ -778,7 +779,8 @@ class Connection:
             started = time.perf_counter()
             try:
                 # Voice and speed are read per clause: `configure` applies from the next clause.
-                samples = await self.pod.run_model(tts.synthesize, text, self.voice, self.speed)
+                priority = Priority.FIRST_AUDIO if not turn.clauses else Priority.REPLY
+                samples = await self.pod.run_model(priority, tts.synthesize, text, self.voice, self.speed)
             except Exception as exc:
                 log.exception("speech synthesis failed", extra={"session_id": self.session_id})
                 raise TtsFailed(str(exc)) from exc

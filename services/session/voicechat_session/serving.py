@@ -9,10 +9,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
@@ -21,6 +20,7 @@ import httpx
 from voicechat_session import metrics
 from voicechat_session.backends.loader import ModelSet, load_models, warm_up, worker_count
 from voicechat_session.llm import LLM_KEEPALIVE_EXPIRY_S, LLMClient
+from voicechat_session.pool import Priority, PriorityPool
 from voicechat_session.settings import SessionSettings
 
 if TYPE_CHECKING:
@@ -76,8 +76,8 @@ class Pod:
             else settings.system_prompt
         )
         self.workers = worker_count(settings)
-        # STT and TTS: seconds-long calls, as many at once as there are cores.
-        self.executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="model")
+        # STT and TTS: seconds-long calls, as many at once as there are cores, most urgent first.
+        self.pool = PriorityPool(self.workers)
         # VAD: sub-millisecond calls on every audio frame; their own thread so they never queue behind a
         # transcription (a slow turn elsewhere must not delay this session's barge-in or endpointing).
         self.vad_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vad")
@@ -97,22 +97,22 @@ class Pod:
         self._drain_started = False
         self.drained = asyncio.Event()
         self.not_ready_reason: str | None = "loading models"
-        self._inflight = 0
-        self._inflight_lock = threading.Lock()
 
     # ------------------------------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         """Load and warm the shared models (``sharing=pod``), read the LLM's warm-up report."""
         started = time.perf_counter()
         if self.settings.sharing == "pod":
-            self.models = await self.run_model(load_models, self.settings)
+            self.models = await self.run_model(Priority.BACKGROUND, load_models, self.settings)
             metrics.MODEL_LOADS_TOTAL.labels(scope="pod").inc()
             self.not_ready_reason = "warming up models"
-            self.warmup_seconds = await self.run_model(warm_up, self.models, self.settings)
+            self.warmup_seconds = await self.run_model(
+                Priority.BACKGROUND, warm_up, self.models, self.settings
+            )
             self.voices = list(self.models.tts.voices)
         else:
             # Voices are needed for validation before any connection loads its own models; TTS alone.
-            self.voices = await self.run_model(_voices_of, self.settings)
+            self.voices = await self.run_model(Priority.BACKGROUND, _voices_of, self.settings)
         await self.refresh_llm_info()
         self.not_ready_reason = None
         log.info(
@@ -143,7 +143,7 @@ class Pod:
 
     async def close(self) -> None:
         await self.http.aclose()
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.pool.shutdown()
         self.vad_executor.shutdown(wait=False, cancel_futures=True)
 
     async def drain(self) -> None:
@@ -181,25 +181,16 @@ class Pod:
     @property
     def pool_idle(self) -> bool:
         """No model call is running or queued (partial transcripts only use idle capacity)."""
-        return self._inflight == 0
+        return self.pool.idle
 
-    async def run_model(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """Run a blocking model call in the bounded pool. The count drops when the *thread* finishes, not
-        when an awaiting task is cancelled, so ``pool_idle`` reflects the cores' real state."""
-        with self._inflight_lock:
-            self._inflight += 1
-        future: Future[T] = self.executor.submit(functools.partial(fn, *args, **kwargs))
-        future.add_done_callback(self._job_done)
-        return await asyncio.wrap_future(future)
+    async def run_model(self, priority: Priority, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run a blocking model call in the bounded pool (see :mod:`voicechat_session.pool`)."""
+        return await self.pool.run(priority, fn, *args, **kwargs)
 
     async def run_vad(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         return await asyncio.get_running_loop().run_in_executor(
             self.vad_executor, functools.partial(fn, *args, **kwargs)
         )
-
-    def _job_done(self, _future: Future[Any]) -> None:
-        with self._inflight_lock:
-            self._inflight -= 1
 
 
 def _voices_of(settings: SessionSettings) -> list[str]:
