@@ -134,7 +134,6 @@ def llm_settings(owner: Owner, spec: VoiceChatSpec) -> dict[str, str]:
     llm = spec.llm
     values: dict[str, Any] = {
         "engine": llm.engine,
-        "model": llm.model,
         "engine_port": ENGINE_PORT,
         "gate_port": GATE_PORT,
         "system_prompt_file": PROMPT_PATH,
@@ -146,6 +145,8 @@ def llm_settings(owner: Owner, spec: VoiceChatSpec) -> dict[str, str]:
     }
     if llm.engine == "vllm" and llm.gpu.count > 0:
         values["tensor_parallel_size"] = llm.gpu.count
+    if llm.model:
+        values["model"] = llm.model
     if llm.served_model_name:
         values["served_model_name"] = llm.served_model_name
     if llm.max_warm_ttft_seconds is not None:
@@ -300,7 +301,8 @@ def render_llm_deployment(owner: Owner, spec: VoiceChatSpec) -> Obj:
     resources = {k: v for k, v in resources.items() if v}
     container: Obj = {
         "name": LLM,
-        "image": _image(llm.image, LLM),
+        # The vLLM image (services/llm/Dockerfile) or the CPU one (services/llm/Dockerfile.cpu).
+        "image": _image(llm.image, LLM if llm.engine == "vllm" else f"{LLM}-cpu"),
         "imagePullPolicy": llm.image_pull_policy,
         "command": ["voicechat-llm"],
         "ports": [

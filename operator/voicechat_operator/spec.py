@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
-from voicechat_llm.settings import DEFAULT_SYSTEM_PROMPT, DEFAULT_VLLM_MODEL
+from voicechat_llm.settings import DEFAULT_SYSTEM_PROMPT
 
 # Kubernetes object names: NAME-session must stay a valid Service name (DNS-1035 label, 63 characters).
 LONGEST_SUFFIX = "-session"
@@ -65,7 +65,8 @@ class SecretKey(_Model):
 
 class LLMSpec(_Model):
     engine: Literal["vllm", "llamacpp"] = "vllm"
-    model: str = Field(DEFAULT_VLLM_MODEL, min_length=1)
+    # None: the LLM service's default for the engine (Llama-3.1-8B-Instruct for vLLM, the embedded GGUF).
+    model: str | None = Field(None, min_length=1)
     served_model_name: str | None = Field(None, min_length=1)
     image: str | None = Field(None, min_length=1)
     image_pull_policy: PullPolicy = "IfNotPresent"

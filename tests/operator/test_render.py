@@ -326,3 +326,19 @@ def test_rbac_covers_every_call_the_operator_makes() -> None:
             "1.33",
             strict=True,
         )
+
+
+def test_engine_picks_its_image_and_model_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A llama.cpp VoiceChat without a model runs the CPU image's embedded GGUF, never the vLLM model id."""
+    cpu, gpu = _spec("cpu"), SPECS["minimal"]
+    cpu_container = render_llm_deployment(OWNER, cpu)["spec"]["template"]["spec"]["containers"][0]
+    gpu_container = render_llm_deployment(OWNER, gpu)["spec"]["template"]["spec"]["containers"][0]
+    assert cpu_container["image"].rsplit("/", 1)[1].startswith("voicechat-llm-cpu:")
+    assert gpu_container["image"].rsplit("/", 1)[1].startswith("voicechat-llm:")
+    config = render_config_map(OWNER, cpu)["data"]
+    for entry in _env(render_llm_deployment(OWNER, cpu)):
+        if entry["name"] not in OTHER_ENV:
+            monkeypatch.setenv(entry["name"], config[entry["valueFrom"]["configMapKeyRef"]["key"]])
+    settings = LLMSettings()
+    assert settings.engine == "llamacpp"
+    assert settings.model is None  # the LLM service resolves the embedded SmolLM2 file
