@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -14,9 +15,12 @@ pytestmark = pytest.mark.helm
 README = CHART_DIR / "README.md"
 
 
-def test_paths_in_the_readme_exist() -> None:
-    text = README.read_text()
-    paths = set(re.findall(r"(?<![\w/.])((?:charts/voicechat|manifests)/[\w./-]*[\w/])", text))
+@pytest.mark.parametrize("readme", [README, REPO_ROOT / "README.md"], ids=["chart", "root"])
+def test_paths_in_the_readme_exist(readme: Path) -> None:
+    text = readme.read_text()
+    paths = set(
+        re.findall(r"(?<![\w/.])((?:charts/voicechat|manifests|operator/examples)/[\w./-]*[\w/])", text)
+    )
     assert "charts/voicechat/values-eks-g5.yaml" in paths
     missing = sorted(p for p in paths if not (REPO_ROOT / p).exists())
     assert not missing, f"README names files that do not exist: {missing}"
