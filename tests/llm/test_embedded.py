@@ -128,6 +128,18 @@ async def test_streamed_completion_with_system_prompt(embedded: Started) -> None
     assert "Paris" in text
 
 
+async def test_each_slot_gets_the_whole_context_length(embedded: Started) -> None:
+    """max_model_len is one conversation's context (as in vLLM), not a total llama.cpp splits across slots:
+    a ~1,500-token conversation must be served while the default 4096 is shared by 4 slots."""
+    long_turn = " ".join(f"Fact {i}: the meeting room number {i} is on floor {i % 7}." for i in range(90))
+    async with (
+        engine_client(120) as client,
+        open_stream(client, embedded.service.engine_url, chat_body(f"{long_turn} Say OK.", 4)) as deltas,
+    ):
+        text = "".join([delta async for delta in deltas])
+    assert text.strip()
+
+
 async def test_four_concurrent_streams_complete(embedded: Started) -> None:
     questions = ["Name a color.", "Name a fruit.", "Name an animal.", "Name a city."]
 

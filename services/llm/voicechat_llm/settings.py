@@ -57,7 +57,7 @@ class LLMSettings(BaseSettings):
     max_model_len: int = Field(
         4096,
         ge=256,
-        description="Context length (vLLM --max-model-len; llama.cpp: total n_ctx, split across the slots).",
+        description="Context length of one request (vLLM --max-model-len; each llama.cpp slot gets this much).",
     )
     parallel: int = Field(4, ge=1, le=256, description="llama.cpp: parallel slots for continuous batching.")
     threads: int = Field(

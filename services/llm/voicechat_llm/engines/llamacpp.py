@@ -24,6 +24,11 @@ log = logging.getLogger(__name__)
 _VERBOSITY = {"debug": 4, "info": 2, "warning": 2, "error": 1}
 
 
+def total_context(settings: LLMSettings) -> int:
+    """KV-cache tokens for all slots, so that each conversation gets ``max_model_len``."""
+    return settings.max_model_len * settings.parallel
+
+
 def build_params(settings: LLMSettings, plan: StartPlan) -> Any:
     """llama.cpp server parameters from settings (``xllamacpp.CommonParams``)."""
     params = xllamacpp.CommonParams()
@@ -33,7 +38,8 @@ def build_params(settings: LLMSettings, plan: StartPlan) -> Any:
     params.port = settings.engine_port
     params.n_parallel = settings.parallel
     params.cont_batching = True
-    params.n_ctx = settings.max_model_len
+    # llama.cpp divides n_ctx among its slots; max_model_len means one request's context, as in vLLM.
+    params.n_ctx = total_context(settings)
     for cpu in (params.cpuparams, params.cpuparams_batch):
         cpu.n_threads = settings.threads or -1  # -1: llama.cpp uses every physical core
         cpu.poll = settings.cpu_poll
@@ -69,7 +75,7 @@ class LlamaCppEngine(Engine):
                 "model": self.plan.model,
                 "port": self.settings.engine_port,
                 "parallel": self.settings.parallel,
-                "n_ctx": self.settings.max_model_len,
+                "n_ctx": total_context(self.settings),
             },
         )
         # Loads the model and binds the port: blocking, so off the event loop.

@@ -23,6 +23,9 @@ from voicechat_session.backends.embedded import kokoro_model_path, kokoro_voices
 from voicechat_session.settings import SessionSettings
 
 log = logging.getLogger(__name__)
+# kokoro-onnx's phonemizer warns "words count mismatch" on almost every clause; it is harmless (the
+# phonemes are used whole, not word by word) and would otherwise drown the service's own logs.
+logging.getLogger("phonemizer").setLevel(logging.ERROR)
 
 MIN_SPEED = 0.5
 MAX_SPEED = 2.0
