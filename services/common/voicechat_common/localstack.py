@@ -233,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
         stopping = True
 
     signal.signal(signal.SIGTERM, _stop)
+    # Explicit: a launcher started in the background inherits SIGINT ignored, and Ctrl-C must still stop it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         sys.stderr.write("Starting the LLM service (embedded llama.cpp engine) and warming it up...\n")
         stack.start_llm()
