@@ -288,6 +288,17 @@ def _hugging_face_token(spec: VoiceChatSpec) -> list[Obj]:
     return [{"name": HF_TOKEN_ENV, "valueFrom": {"secretKeyRef": {"name": secret.name, "key": secret.key}}}]
 
 
+def _pod_template(owner: Owner, spec: VoiceChatSpec, component: str, pod: dict[str, Any]) -> dict[str, Any]:
+    """A Deployment's pod template; the config hash rolls the pods when their own settings change."""
+    return {
+        "metadata": {
+            "labels": pod_labels(owner, component),
+            "annotations": {CONFIG_HASH_ANNOTATION: config_hash(owner, spec, component)},
+        },
+        "spec": pod,
+    }
+
+
 def _image(explicit: str | None, component: str) -> str:
     return explicit or f"{DEFAULT_IMAGE_REPOSITORY}/voicechat-{component}:{__version__}"
 
@@ -331,13 +342,7 @@ def render_llm_deployment(owner: Owner, spec: VoiceChatSpec) -> Obj:
     # vLLM's workers share tensors through /dev/shm; the container runtime's default is 64 MiB.
     shm = {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}}
     pod = _pod_spec(spec, container, _volumes(owner, [shm]), llm.drain_seconds + PRESTOP_SECONDS + 10, llm)
-    template = {
-        "metadata": {
-            "labels": pod_labels(owner, LLM),
-            "annotations": {CONFIG_HASH_ANNOTATION: config_hash(owner, spec, LLM)},
-        },
-        "spec": pod,
-    }
+    template = _pod_template(owner, spec, LLM, pod)
     return _object(
         kinds.DEPLOYMENT,
         _meta(owner, llm_name(owner), LLM),
@@ -391,13 +396,7 @@ def render_session_deployment(owner: Owner, spec: VoiceChatSpec) -> Obj:
         "volumeMounts": _mounts(),
     }
     pod = _pod_spec(spec, container, _volumes(owner), session.drain_seconds + PRESTOP_SECONDS + 10, session)
-    template = {
-        "metadata": {
-            "labels": pod_labels(owner, SESSION),
-            "annotations": {CONFIG_HASH_ANNOTATION: config_hash(owner, spec, SESSION)},
-        },
-        "spec": pod,
-    }
+    template = _pod_template(owner, spec, SESSION, pod)
     return _object(
         kinds.DEPLOYMENT,
         _meta(owner, session_name(owner), SESSION),
