@@ -283,3 +283,48 @@ def test_socket_url_rules(open_page: OpenPage, site: str) -> None:
         {"url": "wss://voice.example/ws", "rejected": "wss://voice.example:8443/ws"},
         {"url": "wss://voice.example/ws", "rejected": "wss://evil.example/ws"},
     ]
+
+
+TURN_RULES = """async () => {
+  const { TurnTracker, PENDING } = await import("./turns.js");
+  const t = new TurnTracker();
+  const out = {};
+  t.typed();
+  out.typedThinking = t.thinking && t.busyTurn === PENDING;
+  t.seen(3);
+  t.replying(3);                       // the first reply delta numbers the typed turn
+  out.numbered = t.busyTurn;
+  out.accepted = t.audioStarted(3) && t.audioTarget() === 3;
+  out.toInterrupt = t.toInterrupt();
+  t.markInterrupted(3);
+  out.afterInterrupt = [t.audioTarget(), t.active];
+  out.lateAudioStart = t.audioStarted(3);   // a late audio_start of an interrupted turn is refused
+  out.lateTarget = t.audioTarget();
+  t.heard(4);
+  t.seen(4);
+  out.nextAccepted = t.audioStarted(4) && t.audioTarget() === 4;
+  out.staleEnd = t.audioEnded(3);         // audio_end of another turn changes nothing
+  out.ownEnd = t.audioEnded(4) && t.audioTarget() === null;
+  t.finished(4);
+  out.idle = [t.thinking, t.active, t.toInterrupt()];
+  return out;
+}"""
+
+
+def test_turn_rules(open_page: OpenPage, site: str) -> None:
+    """turns.js: whose audio plays, and that an interrupted turn's audio never does (pure, in the browser)."""
+    page, log = open_scripted(open_page, f"{site}/", ScriptedServer())
+    assert page.evaluate(TURN_RULES) == {
+        "typedThinking": True,
+        "numbered": 3,
+        "accepted": True,
+        "toInterrupt": 3,
+        "afterInterrupt": [None, False],
+        "lateAudioStart": False,
+        "lateTarget": None,
+        "nextAccepted": True,
+        "staleEnd": False,
+        "ownEnd": True,
+        "idle": [False, False, 4],
+    }
+    assert log.unexpected_errors() == []
