@@ -113,6 +113,19 @@ def test_page_references_only_files_that_exist_and_every_module_is_used() -> Non
     assert not unused, f"modules nothing imports: {unused}"
 
 
+def test_every_page_module_is_preloaded() -> None:
+    """main.js's import graph is fetched at once (modulepreload); worklet modules load into the audio thread."""
+    html = (STATIC / "index.html").read_text()
+    preloaded = set(re.findall(r'<link rel="modulepreload" href="([\w-]+\.js)"', html))
+    graph: set[str] = set()
+    queue = ["main.js"]
+    while queue:
+        for imported in {i for i in _imports(queue.pop()) if i not in WORKLETS} - graph:
+            graph.add(imported)
+            queue.append(imported)
+    assert preloaded == graph
+
+
 class _InlineFinder(HTMLParser):
     """What a Content-Security-Policy of ``default-src 'self'`` would block in a page."""
 
