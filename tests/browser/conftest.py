@@ -95,6 +95,8 @@ def open_page(
         page.on("console", on_console)
 
         def on_websocket(ws: WebSocket) -> None:
+            log.sockets.append(ws.url)
+
             def sent(payload: str | bytes) -> None:
                 if isinstance(payload, bytes):
                     log.binary_sent += 1

@@ -1,4 +1,4 @@
-"""Pure parts of the LLM service: the vLLM command line, readiness, warm-up figures, engine metrics."""
+"""Pure parts of the LLM service: the vLLM command line, warm-up figures, engine metrics (readiness: test_gate)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ from tests.support.fake_vllm import build_parser
 from voicechat_common.localstack import free_port
 from voicechat_llm import config
 from voicechat_llm.engines.vllm import build_vllm_argv
-from voicechat_llm.gate import GateState, Phase
-from voicechat_llm.metrics import GateMetrics, count_in_flight
-from voicechat_llm.report import WarmupReport, WarmupSample
+from voicechat_llm.metrics import count_in_flight
+from voicechat_llm.report import WarmupSample
 from voicechat_llm.settings import DEFAULT_VLLM_MODEL, LLMSettings
 from voicechat_llm.warmup import WarmupError, chunk_content, parse_sse_data, warm_figures, warmup_user_turn
 
@@ -73,52 +72,6 @@ def test_fake_vllm_rejects_unknown_flags(capsys: pytest.CaptureFixture[str]) -> 
         build_parser().parse_args(["serve", "m", "--no-such-flag"])
     assert exit_info.value.code == 2
     assert "--no-such-flag" in capsys.readouterr().err
-
-
-def _state(**values: object) -> GateState:
-    report = WarmupReport(
-        engine="llamacpp", model="m", served_model_name="m", engine_url="u", system_prompt_sha256="x"
-    )
-    state = GateState(report=report, metrics=GateMetrics("llamacpp", "m"))
-    for key, value in values.items():
-        setattr(state, key, value)
-    return state
-
-
-@pytest.mark.parametrize(
-    ("changes", "ready", "reason_part"),
-    [
-        ({}, False, "starting"),
-        ({"phase": Phase.WARMING}, False, "warming up"),
-        ({"phase": Phase.SERVING}, True, ""),
-        ({"phase": Phase.SERVING, "engine_error": "timeout"}, False, "not answering"),
-        ({"phase": Phase.SERVING, "draining": True}, False, "draining"),
-        (
-            {"phase": Phase.SERVING, "engine_dead": True, "engine_error": "exited with code -9"},
-            False,
-            "code -9",
-        ),
-        ({"phase": Phase.FAILED, "failure": "boom"}, False, "boom"),
-    ],
-)
-def test_readiness(changes: dict[str, object], ready: bool, reason_part: str) -> None:
-    state = _state(**changes)
-    got_ready, reason = state.readiness()
-    assert got_ready is ready
-    assert reason_part in reason
-    state.refresh()
-    assert state.report.ready is ready
-    assert state.metrics.registry.get_sample_value("voicechat_llm_ready") == (1.0 if ready else 0.0)
-
-
-def test_readiness_ttft_threshold() -> None:
-    state = _state(phase=Phase.SERVING, max_warm_ttft_s=0.1)
-    state.report.warm_ttft_seconds = 0.25
-    ready, reason = state.readiness()
-    assert not ready
-    assert "0.250s exceeds max_warm_ttft_s=0.1s" in reason
-    state.report.warm_ttft_seconds = 0.05
-    assert state.readiness() == (True, "")
 
 
 def test_warm_figures_skip_the_cold_first_generation() -> None:

@@ -18,7 +18,7 @@ import uvicorn
 
 from voicechat_llm.config import StartPlan
 from voicechat_llm.engines import Engine, EngineError, create_engine
-from voicechat_llm.gate import GateState, Phase, create_gate_app
+from voicechat_llm.gate import GateState, HealthChange, Phase, create_gate_app
 from voicechat_llm.metrics import GateMetrics
 from voicechat_llm.report import WarmupReport
 from voicechat_llm.settings import LLMSettings
@@ -52,7 +52,6 @@ class LLMService:
             max_warm_ttft_s=settings.max_warm_ttft_s,
         )
         self.state = GateState(report=report, metrics=metrics, max_warm_ttft_s=settings.max_warm_ttft_s)
-        self.state.refresh()
         self._stop_requested = asyncio.Event()
         self._stopping = False
 
@@ -63,8 +62,7 @@ class LLMService:
             log.info("already stopping", extra={"signal": signal.Signals(signum).name})
             return
         log.info("stop requested: not ready from now on", extra={"signal": signal.Signals(signum).name})
-        self.state.draining = True
-        self.state.refresh()
+        self.state.drain()
         self._stop_requested.set()
 
     # -- run -----------------------------------------------------------------------------------------
@@ -152,9 +150,7 @@ class LLMService:
         try:
             startup.result()
         except (EngineError, WarmupError, httpx.HTTPError) as err:
-            self.state.phase = Phase.FAILED
-            self.state.failure = str(err)
-            self.state.refresh()
+            self.state.start_failed(str(err))
             if isinstance(err, httpx.HTTPError):
                 raise WarmupError(f"warm-up request failed: {type(err).__name__} {err}") from err
             raise
@@ -163,14 +159,10 @@ class LLMService:
     async def _startup(self, client: httpx.AsyncClient) -> None:
         started = time.monotonic()
         await self.engine.start()
-        self.state.report.engine_pid = self.engine.pid
+        self.state.engine_started(self.engine.pid)
         await self.engine.wait_healthy(client, started + self.settings.startup_timeout_s)
         load_seconds = time.monotonic() - started
-        self.state.report.load_seconds = load_seconds
-        self.state.metrics.load_seconds.set(load_seconds)
-        self.state.metrics.engine_up.set(1)
-        self.state.phase = Phase.WARMING
-        self.state.refresh()
+        self.state.engine_healthy(load_seconds)
         log.info("engine healthy; warming up", extra={"load_seconds": round(load_seconds, 3)})
         samples = await run_warmup(
             client,
@@ -182,9 +174,7 @@ class LLMService:
             self.settings.warmup_max_tokens,
         )
         warm_ttft, warm_rate = warm_figures(samples)
-        self.state.record_warmup(samples, warm_ttft, warm_rate, time.monotonic() - started)
-        self.state.phase = Phase.SERVING
-        self.state.refresh()
+        self.state.warmed(samples, warm_ttft, warm_rate, time.monotonic() - started)
         report = self.state.report
         log.info(
             "warm-up done" if report.ready else "warm-up done but not ready",
@@ -202,26 +192,18 @@ class LLMService:
         code = await self.engine.wait_exited()
         if self._stopping:
             return
-        self.state.engine_dead = True
-        self.state.engine_error = f"{self.engine.name} engine exited with code {code}"
-        self.state.metrics.engine_up.set(0)
-        self.state.refresh()
+        self.state.engine_exited(f"{self.engine.name} engine exited with code {code}")
         log.error("engine died: liveness and readiness now fail", extra={"exit_code": code})
 
     async def _health_loop(self, client: httpx.AsyncClient) -> None:
         while True:
             await asyncio.sleep(self.settings.health_interval_s)
             reason = await self.engine.probe(client, self.settings.health_timeout_s)
-            if reason is not None:
-                self.state.metrics.health_check_failures.inc()
-                if self.state.engine_error is None:
-                    log.warning("engine health check failed: not ready", extra={"reason": reason})
-            elif self.state.engine_error is not None and not self.state.engine_dead:
+            change = self.state.health_checked(reason)
+            if change is HealthChange.FAILING:
+                log.warning("engine health check failed: not ready", extra={"reason": reason})
+            elif change is HealthChange.RECOVERED:
                 log.info("engine answers again: ready")
-            if not self.state.engine_dead:
-                self.state.engine_error = reason
-            self.state.metrics.engine_up.set(0 if reason else 1)
-            self.state.refresh()
 
     async def _drain(self, client: httpx.AsyncClient) -> None:
         """Give in-flight requests up to drain_timeout_s to finish (the engine reports how many run)."""

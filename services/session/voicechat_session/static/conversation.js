@@ -1,0 +1,172 @@
+// The conversation: one <article class="turn"> per turn with the person's words, the assistant's streamed
+// reply and the turn's latency figures; notes between turns.
+
+import { fmtMs } from "./format.js";
+
+const METRIC_PARTS = [
+  ["stt_ms", "STT", "Speech-to-text time for your utterance"],
+  ["llm_ttft_ms", "LLM first token", "Time until the language model produced its first token"],
+  ["tts_first_chunk_ms", "TTS first chunk", "Time to synthesise the first audio chunk"],
+  ["time_to_first_audio_ms", "First audio", "From the end of your turn to the first audio sent"],
+];
+
+// Screen readers announce a message once it is complete (aria-busy), not every streamed word.
+function setStreaming(body, on, cls = "streaming") {
+  body.classList.toggle(cls, on);
+  if (on) body.setAttribute("aria-busy", "true");
+  else body.removeAttribute("aria-busy");
+}
+
+export class ConversationView {
+  constructor(root, emptyState) {
+    this.root = root;
+    this.emptyState = emptyState;
+    this.turnViews = new Map();
+    this.pendingTextView = null; // a typed turn's bubble until the server numbers the turn
+  }
+
+  hasTurns() {
+    return this.turnViews.size > 0 || this.pendingTextView !== null;
+  }
+
+  newTurnElement() {
+    this.emptyState.hidden = true;
+    const article = document.createElement("article");
+    article.className = "turn";
+    this.root.appendChild(article);
+    return article;
+  }
+
+  turnView(turnId) {
+    let view = this.turnViews.get(turnId);
+    if (view) return view;
+    if (this.pendingTextView) {
+      // The first numbered message after a typed turn belongs to it.
+      view = this.pendingTextView;
+      this.pendingTextView = null;
+    } else {
+      view = { root: this.newTurnElement(), user: null, assistant: null, metrics: null };
+    }
+    view.root.dataset.turn = String(turnId);
+    this.turnViews.set(turnId, view);
+    return view;
+  }
+
+  // A typed turn, shown at once; the server numbers it with its first message.
+  addTypedTurn(text) {
+    this.pendingTextView = { root: this.newTurnElement(), user: null, assistant: null, metrics: null };
+    this.setUserText(this.pendingTextView, text, false);
+  }
+
+  message(view, role) {
+    const box = document.createElement("div");
+    box.className = `msg ${role}`;
+    const who = document.createElement("span");
+    who.className = "who";
+    who.textContent = role === "user" ? "You" : "Assistant";
+    const body = document.createElement("p");
+    body.className = "body";
+    box.append(who, body);
+    if (role === "user") view.root.prepend(box);
+    else view.root.appendChild(box);
+    return box;
+  }
+
+  setUserText(view, text, partial) {
+    if (!view.user) view.user = this.message(view, "user");
+    const body = view.user.querySelector(".body");
+    body.textContent = text || (partial ? "…" : "(nothing heard)");
+    setStreaming(body, partial, "partial");
+    this.scrollToEnd();
+  }
+
+  transcript(turnId, text, final) {
+    this.setUserText(this.turnView(turnId), text, !final);
+  }
+
+  // A final transcript without words: the server skips the turn, so the page forgets its bubble.
+  dropSilentTurn(turnId) {
+    const view = this.turnViews.get(turnId);
+    if (view && !view.assistant) {
+      view.root.remove();
+      this.turnViews.delete(turnId);
+    }
+  }
+
+  assistantBody(view) {
+    if (!view.assistant) view.assistant = this.message(view, "assistant");
+    return view.assistant.querySelector(".body");
+  }
+
+  // A reply delta (appended, streaming) or the final reply (the whole text as spoken).
+  assistant(turnId, text, final) {
+    const body = this.assistantBody(this.turnView(turnId));
+    if (final) {
+      if (text) body.textContent = text;
+      setStreaming(body, false);
+    } else {
+      body.textContent += text;
+      setStreaming(body, true);
+    }
+    this.scrollToEnd();
+  }
+
+  renderMetrics(msg) {
+    const view = this.turnView(msg.turn_id);
+    if (!view.metrics) {
+      view.metrics = document.createElement("p");
+      view.metrics.className = "metrics";
+      (view.assistant || view.root).appendChild(view.metrics);
+    }
+    view.metrics.replaceChildren();
+    for (const [key, label, title] of METRIC_PARTS) {
+      const value = fmtMs(msg[key]);
+      if (value === null) continue;
+      const part = document.createElement("span");
+      part.title = title;
+      part.dataset.metric = key;
+      const figure = document.createElement("b");
+      figure.textContent = value;
+      part.append(`${label} `, figure);
+      view.metrics.appendChild(part);
+    }
+    if (msg.interrupted) view.root.classList.add("interrupted");
+    this.scrollToEnd();
+  }
+
+  markInterrupted(turnId) {
+    const view = this.root.querySelector(`.turn[data-turn="${turnId}"]`);
+    if (view) {
+      view.classList.add("interrupted");
+      const body = view.querySelector(".msg.assistant .body");
+      if (body) setStreaming(body, false);
+    }
+  }
+
+  // No reply streams any more (error, disconnect, reset).
+  endStreaming() {
+    this.root.querySelectorAll(".body.streaming").forEach((b) => setStreaming(b, false));
+  }
+
+  addNote(text) {
+    this.emptyState.hidden = true;
+    const note = document.createElement("p");
+    note.className = "note";
+    note.textContent = text;
+    this.root.appendChild(note);
+    this.scrollToEnd();
+  }
+
+  scrollToEnd() {
+    this.root.scrollTop = this.root.scrollHeight;
+  }
+
+  clear() {
+    this.turnViews.clear();
+    this.pendingTextView = null;
+    for (const node of [...this.root.children]) {
+      if (node !== this.emptyState) node.remove();
+    }
+    this.emptyState.hidden = false;
+  }
+}
