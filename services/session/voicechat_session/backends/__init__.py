@@ -4,6 +4,6 @@
 - :mod:`.loader`: ``load_models(settings) -> ModelSet`` and ``warm_up(models, settings)``.
 - :mod:`.faster_whisper_stt`, :mod:`.kokoro_onnx_tts`, :mod:`.kokoro_torch_tts`, :mod:`.silero_vad`: backends.
 - :mod:`.embedded`: model files shipped in PyPI packages (the offline defaults).
-- :mod:`.audio`: PCM16 conversion and a band-limited resampler.
+- PCM16 conversion and resampling live in :mod:`voicechat_session.audio` (not a backend).
 - :mod:`.bench`: ``python -m voicechat_session.backends.bench`` measures load time, RSS and time per call.
 """
