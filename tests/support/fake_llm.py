@@ -33,7 +33,8 @@ Mode = Literal["ok", "http_503", "http_500", "error_event", "stall", "drop"]
 @dataclass
 class FakeLLM:
     reply: str = "Hello there. It is nice to talk to you."
-    """Streamed for every request unless ``replies`` has a key contained in the last user message."""
+    """Streamed for every request unless ``replies`` has a key contained in the newest user words (the last
+    line of the last user message: the service merges consecutive user turns with a newline)."""
     replies: dict[str, str] = field(default_factory=dict)
     token_delay_s: float = 0.005
     first_token_delay_s: float = 0.0
@@ -43,11 +44,14 @@ class FakeLLM:
     requests: list[dict[str, Any]] = field(default_factory=list)
     completed: int = 0
     cancelled: int = 0
-    """Streams the client closed before the last token."""
+    """Streams that ended before the last token (the client closed them, or ``drop``)."""
     active: int = 0
+    stream_cut: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when a stream ends before its last token."""
 
     def reply_for(self, messages: list[dict[str, str]]) -> str:
         last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+        last_user = last_user.splitlines()[-1] if last_user else ""
         for key, reply in self.replies.items():
             if key in last_user:
                 return reply
@@ -86,7 +90,9 @@ class FakeLLM:
                 if index == self.error_after_tokens and self.mode == "drop":
                     raise ConnectionResetError("fake LLM: dropped the connection")
                 token = word if index == len(words) - 1 else word + " "
-                yield _event({"id": "c1", "model": MODEL, "choices": [{"index": 0, "delta": {"content": token}}]})
+                yield _event(
+                    {"id": "c1", "model": MODEL, "choices": [{"index": 0, "delta": {"content": token}}]}
+                )
                 await asyncio.sleep(self.token_delay_s)
             yield _event(
                 {"id": "c1", "model": MODEL, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
@@ -98,6 +104,7 @@ class FakeLLM:
             self.active -= 1
             if not finished:
                 self.cancelled += 1
+                self.stream_cut.set()
 
     @contextlib.asynccontextmanager
     async def serving(self, port: int = 0) -> AsyncIterator[str]:
