@@ -11,6 +11,8 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from voicechat_common.contracts import DEFAULT_SYSTEM_PROMPT
+
 ENV_PREFIX = "VOICECHAT_SESSION_"
 PORT = 8080
 
@@ -44,8 +46,7 @@ class SessionSettings(BaseSettings):
     )
     llm_stream_timeout_s: float = Field(60.0, gt=0, description="Whole reply deadline.")
     system_prompt: str = Field(
-        "You are a helpful voice assistant. Answer in one to three short spoken sentences, "
-        "without lists, markdown or emoji.",
+        DEFAULT_SYSTEM_PROMPT,
         description="System prompt kept at the head of every conversation.",
     )
     system_prompt_file: Path | None = Field(None, description="File holding the system prompt (overrides).")
