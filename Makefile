@@ -55,4 +55,4 @@ manifests: venv system
 	$(PY) scripts/render_manifests.py --out manifests
 
 clean:
-	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache .import_linter_cache
