@@ -61,6 +61,7 @@ from voicechat_session.protocol import (
     TranscriptMessage,
     VadMessage,
     client_message_adapter,
+    describe_validation_error,
 )
 from voicechat_session.reply import TurnRunner, Voice
 from voicechat_session.serving import Pod
@@ -90,37 +91,8 @@ class _Close:
     reason: str
 
 
-_Outgoing = (
-    ReadyMessage
-    | StartedMessage
-    | VadMessage
-    | TranscriptMessage
-    | AssistantMessage
-    | HistoryClearedMessage
-    | HistoryMessage
-    | ErrorMessage
-    | _AudioOut
-    | _TurnEnd
-    | _Close
-)
-
-
-def error_code_for(exc: ValidationError) -> tuple[ErrorCode, str]:
-    """Map a pydantic failure on a client message to the protocol's error code and a readable message."""
-    first = exc.errors()[0]
-    kind = first["type"]
-    if kind == "json_invalid":
-        return "bad_json", f"not valid JSON: {first['msg']}"
-    if kind == "union_tag_invalid":
-        ctx = first.get("ctx") or {}
-        return (
-            "unknown_type",
-            f"unknown message type {ctx.get('tag')!r}; expected one of {ctx.get('expected_tags')}",
-        )
-    if kind in ("union_tag_not_found", "model_attributes_type", "model_type"):
-        return "invalid_message", "a control message is a JSON object with a string 'type' field"
-    where = ".".join(str(p) for p in first["loc"][1:]) or "message"
-    return "invalid_message", f"{where}: {first['msg']}"
+_Outgoing = BaseModel | _AudioOut | _TurnEnd | _Close
+"""A server message, or an instruction to the sender loop."""
 
 
 class Connection:
@@ -399,7 +371,7 @@ class Connection:
         try:
             message: ClientMessage = client_message_adapter.validate_json(raw)
         except ValidationError as exc:
-            code, text = error_code_for(exc)
+            code, text = describe_validation_error(exc)
             self._error(code, text)
             return
         if isinstance(message, StartMessage):
