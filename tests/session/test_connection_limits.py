@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
@@ -23,7 +24,7 @@ LONG_REPLY = " ".join(f"Part {i} of a reply that takes a while to speak." for i 
 
 
 @pytest.fixture
-async def service() -> InProcessService:  # type: ignore[misc]
+async def service() -> AsyncIterator[InProcessService]:
     async with session_app() as running:
         yield running
 

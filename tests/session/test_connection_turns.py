@@ -4,6 +4,7 @@ spoken turns, barge-in, interrupt, superseded turns, reset, configure, and stage
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -32,7 +33,7 @@ async def speak(client: VoiceChatClient, index: int, seconds: float = 0.6, silen
 
 
 @pytest.fixture
-async def service() -> InProcessService:  # type: ignore[misc]
+async def service() -> AsyncIterator[InProcessService]:
     async with session_app(FakeLLM(reply=SHORT_REPLY, replies={"story": LONG_REPLY})) as running:
         yield running
 
