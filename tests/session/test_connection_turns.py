@@ -233,7 +233,9 @@ async def test_a_new_typed_turn_supersedes_the_current_one(service: InProcessSer
 
 async def test_speech_before_the_last_utterance_is_transcribed_joins_it() -> None:
     async with (
-        session_app(fake_stt_latency_ms=1500) as service,
+        # Slow enough that turn 1 is still transcribing when the second speech ends (speculation starts
+        # the transcription at the pause, 300 ms before the end of turn).
+        session_app(fake_stt_latency_ms=2500) as service,
         VoiceChatClient.connect(service.ws_url) as client,
     ):
         await client.start(sample_rate=RATE)

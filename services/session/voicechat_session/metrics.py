@@ -77,3 +77,10 @@ MODEL_LOADS_TOTAL = Counter(
     "Model sets loaded: once per pod (sharing=pod) or once per connection (sharing=connection).",
     ["scope"],
 )
+SPECULATIONS_TOTAL = Counter(
+    "voicechat_session_speculations_total",
+    "Replies started at a pause before the end of turn was decided, by outcome: committed (the turn ended "
+    "there), discarded (the user spoke again), aborted (reset, typed turn, interrupt or close first), "
+    "saturated (not started: the pod's model pool was busy).",
+    ["outcome"],
+)

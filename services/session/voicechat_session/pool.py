@@ -43,6 +43,11 @@ class PriorityPool:
         """No call is running (threads included) or waiting."""
         return self._running == 0 and not any(not gate.done() for _, _, gate in self._waiting)
 
+    @property
+    def waiting(self) -> int:
+        """Calls waiting for a thread."""
+        return sum(1 for _, _, gate in self._waiting if not gate.done())
+
     async def run(self, priority: Priority, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         loop = asyncio.get_running_loop()
         # A free slot implies no live waiter: _release hands slots to waiters before freeing them.
