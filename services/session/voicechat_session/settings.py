@@ -57,7 +57,15 @@ class SessionSettings(BaseSettings):
 
     # Models: weights loaded once per pod (`pod`) or per connection (`connection`, the slow "before").
     sharing: Literal["pod", "connection"] = Field("pod", description="Where model weights live.")
-    workers: int = Field(0, ge=0, description="Threads for model calls (0 = CPU cores).")
+    workers: int = Field(
+        0, ge=0, description="Model calls at once in the pod's pool (0 = one per 2 CPU cores, at least 1)."
+    )
+    model_threads: int = Field(
+        0,
+        ge=0,
+        description="Compute threads per STT/TTS call (0 = CPU cores / workers): workers x threads never exceeds "
+        "the cores, so a first phrase is not slowed by oversubscription.",
+    )
     stt_backend: Literal["faster-whisper", "fake"] = Field(
         "faster-whisper", description="STT implementation (`fake`: scripted transcripts, no weights)."
     )
