@@ -7,8 +7,6 @@ import logging
 # kopf's per-object records carry its whole OperatorSettings (and an internal flag) as attributes; the JSON
 # formatter would print the settings' repr (~2 KB) on every line. The object reference (k8s_ref) stays.
 DROPPED_ATTRIBUTES = ("settings", "k8s_skip")
-# The logger through which kopf reports (and retries) failed API requests.
-KOPF_API_LOGGER = "kopf._cogs.clients.api"
 
 
 class DropKopfInternals(logging.Filter):
@@ -39,7 +37,8 @@ class DowngradeRetriedThrottling(logging.Filter):
 
 
 def install_filters() -> None:
-    """Attach the filters: the throttling one to kopf's API logger, the attribute one to every root handler."""
-    logging.getLogger(KOPF_API_LOGGER).addFilter(DowngradeRetriedThrottling())
+    """Attach both filters to every root handler: kopf logs API retries through the logger of whichever
+    module made the request (watching, patching, ...), so a filter on one logger would miss some."""
     for handler in logging.getLogger().handlers:
+        handler.addFilter(DowngradeRetriedThrottling())
         handler.addFilter(DropKopfInternals())

@@ -132,8 +132,9 @@ def test_voicechat_becomes_ready_once_its_pods_are(operator: OperatorProcess, ku
         assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "voicechat-operator"
     # The real controllers: the HPA raises the session Deployment to minReplicas, the ReplicaSets make pods,
     # the scheduler binds them (the LLM pod needs a GPU), the test kubelet reports them ready.
-    ready = wait_ready(kube, within=90)
-    assert ready["message"] == "LLM: 1/1 LLM pods warm; sessions: 2/2 session pods ready"
+    wait_ready(kube, within=90)  # Ready with one session pod; the HPA then raises the Deployment to 2
+    wanted = "LLM: 1/1 LLM pods warm; sessions: 2/2 session pods ready"
+    wait_for(lambda: (condition(kube, "Ready") or {}).get("message") == wanted, what=wanted, within=60)
     status = vc(kube)["status"]
     assert status["observedGeneration"] == 1
     assert status["sessions"] == {"readyReplicas": 2, "desiredReplicas": 2}

@@ -15,6 +15,7 @@ import ipaddress
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -195,6 +196,14 @@ def write_kubeconfig(
     return path
 
 
+def tls_context(ca: Path | None, client: KeyPair | None = None) -> ssl.SSLContext:
+    """Verifies the server against ``ca`` (or not at all when None) and presents ``client``'s certificate."""
+    context = ssl.create_default_context(cafile=str(ca)) if ca else ssl._create_unverified_context()
+    if client is not None:
+        context.load_cert_chain(str(client.cert), str(client.key))
+    return context
+
+
 # --- waiting ----------------------------------------------------------------------------------------------
 
 
@@ -225,8 +234,7 @@ class Kube:
 
     def __init__(self, server: str, ca: Path, *, client: KeyPair | None = None, token: str | None = None):
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        cert = (str(client.cert), str(client.key)) if client else None
-        self.http = httpx.Client(base_url=server, verify=str(ca), cert=cert, headers=headers, timeout=30)
+        self.http = httpx.Client(base_url=server, verify=tls_context(ca, client), headers=headers, timeout=30)
 
     def close(self) -> None:
         self.http.close()
@@ -367,14 +375,14 @@ class ControlPlane:
         self.components.append(component)
         return component
 
-    def _wait_healthy(self, component: Component, url: str, verify: Any, cert: Any = None) -> None:
+    def _wait_healthy(self, component: Component, url: str, verify: ssl.SSLContext | bool) -> None:
         def healthy() -> bool:
             if component.process.poll() is not None:
                 raise RuntimeError(
                     f"{component.name} exited {component.process.returncode}:\n{component.tail()}"
                 )
             try:
-                return httpx.get(url, verify=verify, cert=cert, timeout=2).status_code == 200
+                return httpx.get(url, verify=verify, timeout=2).status_code == 200
             except httpx.HTTPError:
                 return False
 
@@ -457,8 +465,9 @@ class ControlPlane:
         self.admin_kubeconfig = write_kubeconfig(
             self.workdir / "admin.kubeconfig", self.server, ca.cert_path, client=self.admin_cert
         )
-        admin_tls = (str(self.admin_cert.cert), str(self.admin_cert.key))
-        self._wait_healthy(apiserver, f"{self.server}/readyz", verify=str(ca.cert_path), cert=admin_tls)
+        self._wait_healthy(
+            apiserver, f"{self.server}/readyz", verify=tls_context(ca.cert_path, self.admin_cert)
+        )
 
         kcm_config = write_kubeconfig(
             self.workdir / "kcm.kubeconfig", self.server, ca.cert_path, client=kcm_cert
@@ -500,8 +509,8 @@ class ControlPlane:
                 "--v=1",
             ],
         )
-        self._wait_healthy(kcm, f"https://127.0.0.1:{kcm_port}/healthz", verify=False)
-        self._wait_healthy(scheduler, f"https://127.0.0.1:{sched_port}/healthz", verify=False)
+        self._wait_healthy(kcm, f"https://127.0.0.1:{kcm_port}/healthz", verify=tls_context(None))
+        self._wait_healthy(scheduler, f"https://127.0.0.1:{sched_port}/healthz", verify=tls_context(None))
         self._spawn(
             "test-kubelet",
             [sys.executable, "-m", "tests.support.fake_kubelet", "--kubeconfig", str(self.admin_kubeconfig),

@@ -13,6 +13,7 @@ import datetime
 import json
 import logging
 import signal
+import ssl
 import threading
 from pathlib import Path
 from types import FrameType
@@ -38,12 +39,13 @@ def client_from_kubeconfig(path: Path) -> httpx.Client:
     config = yaml.safe_load(path.read_text())
     cluster = config["clusters"][0]["cluster"]
     user = config["users"][0]["user"]
-    cert = (user["client-certificate"], user["client-key"]) if "client-certificate" in user else None
+    context = ssl.create_default_context(cafile=cluster["certificate-authority"])
+    if "client-certificate" in user:
+        context.load_cert_chain(user["client-certificate"], user["client-key"])
     headers = {"Authorization": f"Bearer {user['token']}"} if "token" in user else {}
     return httpx.Client(
         base_url=cluster["server"],
-        verify=cluster["certificate-authority"],
-        cert=cert,
+        verify=context,
         headers=headers,
         timeout=httpx.Timeout(30, read=None),
     )
