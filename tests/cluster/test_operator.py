@@ -159,7 +159,9 @@ def test_voicechat_becomes_ready_once_its_pods_are(operator: OperatorProcess, ku
 def test_kubectl_get_shows_the_printer_columns(
     control_plane: ControlPlane, operator: OperatorProcess
 ) -> None:
-    out = control_plane.kubectl("get", "vc", "-n", NS, "-o", "wide").stdout.splitlines()
+    text = control_plane.kubectl("get", "vc", "-n", NS, "-o", "wide").stdout
+    (control_plane.workdir / "kubectl-get-vc.txt").write_text(text)  # quoted in the README
+    out = text.splitlines()
     header, row = out[0].split(), out[1].split()
     assert header == [
         "NAME", "READY", "LLM-WARM", "SESSIONS-READY", "SESSIONS-DESIRED", "ENGINE", "MODEL", "REASON", "AGE"
