@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,7 @@ def control_plane(artifacts_dir: Path) -> Iterator[ControlPlane]:
         # The install a user does first: namespace, CRDs, ServiceAccount, RBAC, the operator Deployment.
         plane.kubectl("apply", "--server-side", "-f", str(MANIFESTS))
         for name in CRD_NAMES:
-            wait_for(lambda name=name: established(plane, name), what=f"CRD {name} established")
+            wait_for(partial(established, plane, name), what=f"CRD {name} established")
         (workdir / "timing.json").write_text(json.dumps(timing))
         print(f"\ncontrol plane {timing['kubernetes']} ready in {timing['start_s']} s")
         yield plane
