@@ -357,6 +357,18 @@ def test_a_restart_writes_nothing_and_repairs_what_changed_meanwhile(
     wait_for(lambda: child(kube, kinds.PDB, "demo-session"), what="PDB restored on resume")
     assert operator.writes_since(mark) == ["patch poddisruptionbudgets/demo-session"]
 
+    # A VoiceChat that an earlier operator (with a kopf timer) marked with its finalizer is released.
+    assert operator.stop() == 0, operator.tail()
+    kube.merge_patch(
+        kinds.VOICECHAT.path(NS, NAME), {"metadata": {"finalizers": ["voicechat.io/kopf-timer"]}}
+    )
+    operator.start()
+    wait_for(
+        lambda: not vc(kube)["metadata"].get("finalizers"),
+        what="the old kopf-timer finalizer removed",
+        within=30,
+    )
+
 
 EXAMPLES = sorted((REPO_ROOT / "operator" / "examples").glob("*.yaml"))
 
