@@ -35,7 +35,7 @@ if [ ! -x "$HELM_BIN" ] || [ ! -x "$KUBECTL_BIN" ]; then
   install -m 0755 "$work/kubectl/kubectl" "$KUBECTL_BIN"
 fi
 "$HELM_BIN" version --short
-"$KUBECTL_BIN" version --client | head -n1
+"$KUBECTL_BIN" version --client
 
 # The Kubernetes control plane the cluster tests start (built from source, cached under .cache/).
 bash scripts/control-plane/build.sh
