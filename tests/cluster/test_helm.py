@@ -110,6 +110,69 @@ def test_upgrade_reaches_the_children(control_plane: ControlPlane, release: Oper
     )
 
 
+def test_a_second_replica_with_a_lower_priority_stays_paused(
+    control_plane: ControlPlane, release: OperatorProcess
+) -> None:
+    """kopf peering through the chart's KopfPeering object: only the higher-priority replica writes."""
+    follower = OperatorProcess(
+        control_plane,
+        release.workdir,
+        namespace=release.namespace,
+        service_account=release.service_account,
+        env={
+            **release.env,
+            "VOICECHAT_OPERATOR_PRIORITY": "-10",
+            "VOICECHAT_OPERATOR_FIELD_MANAGER": "follower",
+        },
+        name="helm-operator-follower",
+    )
+    follower.start()
+    try:
+        # kopf starts paused and stays so while a peer with a higher priority is alive.
+        peering = (
+            f"/apis/kopf.dev/v1/namespaces/{NS}/kopfpeerings/{release.env['VOICECHAT_OPERATOR_PEERING_NAME']}"
+        )
+        wait_for(
+            lambda: (
+                sorted(
+                    p["priority"] for p in (control_plane.admin.get(peering) or {}).get("status", {}).values()
+                )
+                == [-10, 0]
+            ),
+            what="both replicas in the peering object",
+        )
+        mark = len(control_plane.audit_events())
+        control_plane.helm(
+            "upgrade",
+            RELEASE,
+            str(CHART),
+            "-n",
+            NS,
+            *VALUES,
+            "--set",
+            "voiceChat.spec.llm.systemPrompt=Peered.",
+        )
+        kube = control_plane.admin
+        (vc,) = kube.must_get(kinds.VOICECHAT.path(NS))["items"]
+        config = f"{vc['metadata']['name']}-config"
+        wait_for(
+            lambda: (
+                (kube.get(kinds.CONFIG_MAP.path(NS, config)) or {}).get("data", {}).get("system-prompt.txt")
+                == "Peered."
+            ),
+            what="the edit applied by the leader",
+            within=20,
+        )
+        managers = {
+            event["requestURI"].split("fieldManager=")[1].split("&")[0]
+            for event in control_plane.audit_events()[mark:]
+            if event["user"]["username"] == release.username and "fieldManager=" in event["requestURI"]
+        }
+        assert managers == {"voicechat-operator"}
+    finally:
+        follower.stop()
+
+
 def test_the_helm_test_pod_is_accepted(control_plane: ControlPlane, release: OperatorProcess) -> None:
     """The test kubelet runs no containers, so `helm test` itself cannot pass here; its Pod must be valid."""
     hooks = control_plane.helm("get", "hooks", RELEASE, "-n", NS).stdout
