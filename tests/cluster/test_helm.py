@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support.cluster_operator import OperatorProcess, container_env
+from tests.support.cluster_operator import OperatorProcess, assert_compact_quiet_logs, container_env
 from tests.support.control_plane import ControlPlane, wait_for
 from voicechat_operator import kinds
 
@@ -182,6 +182,10 @@ def test_the_helm_test_pod_is_accepted(control_plane: ControlPlane, release: Ope
         "create", "--dry-run=server", "-o", "name", "-f", "-", input=yaml.safe_dump(pod)
     )
     assert done.stdout.strip() == f"pod/{pod['metadata']['name']}"
+
+
+def test_operator_logs_are_compact_and_quiet(release: OperatorProcess) -> None:
+    assert_compact_quiet_logs(release)  # before the uninstall takes its credentials away
 
 
 def test_uninstall_leaves_no_voicechat_and_no_child(

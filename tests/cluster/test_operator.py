@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import json
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support.cluster_operator import OperatorProcess, container_env
+from tests.support.cluster_operator import OperatorProcess, assert_compact_quiet_logs, container_env
 from tests.support.control_plane import ApiError, ControlPlane, wait_for
 from tests.support.kube_schema import minimal_voicechat
 from voicechat_operator import kinds
@@ -427,15 +426,4 @@ def test_deleting_the_voicechat_collects_every_child(
 
 
 def test_operator_logs_are_compact_and_quiet(operator: OperatorProcess) -> None:
-    """One short JSON object per line; nothing harmless at error level; no 403 (the RBAC covers every call)."""
-    lines = operator.log_lines()
-    assert lines
-    for line in lines:
-        record = json.loads(line)
-        assert len(line) < 1024, line[:300]
-        assert "settings" not in record
-        if record["level"] == "error":
-            assert "429" not in line, line
-            assert "initializing" not in line, line
-    denied = [line for line in lines if re.search(r"\b403\b|Forbidden", json.loads(line)["msg"])]
-    assert not denied
+    assert_compact_quiet_logs(operator)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -123,3 +124,18 @@ def container_env(deployment: Mapping[str, Any]) -> dict[str, str]:
     """The plain `value` environment variables of a Deployment's first container (the operator's settings)."""
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     return {e["name"]: str(e.get("value", "")) for e in container.get("env", []) if "valueFrom" not in e}
+
+
+def assert_compact_quiet_logs(process: OperatorProcess) -> None:
+    """One short JSON object per line, without kopf's settings repr; nothing harmless at error level (a 429
+    that kopf retries); no 403 (the RBAC covers every call)."""
+    lines = process.log_lines()
+    assert lines
+    for line in lines:
+        record = json.loads(line)
+        assert len(line) < 1024, line[:300]
+        assert "settings" not in record
+        if record["level"] == "error":
+            assert "429" not in line, line
+            assert "initializing" not in line, line
+        assert not re.search(r"\b403\b|Forbidden", record["msg"]), line

@@ -572,10 +572,10 @@ class ControlPlane:
     def stop(self) -> None:
         if self._admin is not None:
             self._admin.close()
+        # One at a time, in reverse order: the API server shuts down cleanly only while etcd still answers.
         for component in reversed(self.components):
             if component.process.poll() is None:
                 os.killpg(component.process.pid, signal.SIGTERM)
-        for component in reversed(self.components):
             try:
                 component.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
