@@ -209,7 +209,8 @@ class ChunkSplitter:
             if count == 0:
                 continue  # nothing to say yet (leading symbols)
             if word.quality == Break.SENTENCE:
-                if first or count >= lo:
+                # Whole sentences are the most natural chunks; only a one-word sentence waits for more.
+                if first or count >= min(lo, 2):
                     return word.end
                 sentence_end = word.end
             elif word.quality == Break.SOFT and (first or count >= lo):
