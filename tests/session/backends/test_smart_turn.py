@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import statistics
 from pathlib import Path
 
@@ -51,6 +52,21 @@ def test_features_are_whisper_log_mel(shipped: list[Audio]) -> None:
     # Whisper's scaling: at most 8 (log10) below the peak, then (x + 4) / 4.
     assert features.max() - features.min() <= 2.0 + 1e-6
     assert np.isfinite(features).all()
+
+
+def test_features_equal_pipecats_own(shipped: list[Audio]) -> None:
+    # pipecat's numpy feature module needs only numpy: load that one file from the installed wheel by path.
+    reference_path = bundled_model_path().parents[1] / "_whisper_features.py"
+    spec = importlib.util.spec_from_file_location("pipecat_whisper_features", reference_path)
+    assert spec is not None
+    assert spec.loader is not None
+    reference = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reference)
+    for audio in shipped:
+        window = last_window(audio)
+        np.testing.assert_allclose(
+            log_mel_features(window), reference.compute_whisper_log_mel_features(window), atol=1e-6
+        )
 
 
 @pytest.mark.models
