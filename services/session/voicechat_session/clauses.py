@@ -21,8 +21,9 @@ from enum import IntEnum
 # words, and at the latest after FIRST_MAX_WORDS.
 FIRST_MIN_WORDS = 3
 FIRST_MAX_WORDS = 5
-# Every later chunk wants at least GROWTH x the words of the chunk before it (so that it is synthesized while
-# that one plays), at most MAX_MIN_WORDS, and is cut at twice its minimum if no punctuation comes.
+# Every later chunk wants at least GROWTH x the words of the chunk before it (fewer calls, each paying TTS's fixed
+# cost), at most MAX_MIN_WORDS, and is cut at twice its minimum (at most 3x the chunk before it, which must
+# still be playing when this one is synthesized) if no punctuation comes.
 GROWTH = 2.0
 MAX_MIN_WORDS = 12
 # Hard cap for text without usable spaces (a URL, a run of symbols): TTS must never wait for the whole reply.
@@ -160,7 +161,8 @@ class ChunkSplitter:
         if self._emitted == 0:
             return self.first_min_words, self.first_max_words
         lo = max(1, min(self.max_min_words, round(self._last_words * self.growth)))
-        return lo, 2 * lo
+        # At most ~3x the last chunk: a longer one would still be synthesizing when that one ends playing.
+        return lo, max(lo, min(2 * lo, 3 * self._last_words))
 
     def push(self, delta: str) -> list[str]:
         self._buf += delta
