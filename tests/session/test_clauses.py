@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from voicechat_session.clauses import (
@@ -42,6 +44,15 @@ def test_first_chunk_is_a_few_words_then_chunks_grow() -> None:
     assert sizes[2] >= MAX_MIN_WORDS  # 3 -> 6 -> 12+: capped growth, then steady
     assert all(s <= 2 * MAX_MIN_WORDS + MAX_MIN_WORDS // 2 for s in sizes)
     assert " ".join(chunks) == text
+
+
+def test_each_chunk_can_be_synthesized_while_the_previous_one_plays() -> None:
+    # TTS time grows with words but starts with a fixed cost: ~3x the previous chunk's words is the most that
+    # is ready before the previous one has played (a couple more only when no break came at all).
+    sizes = [_words(c) for c in split_text(LONG_REPLY)]
+    assert sizes[0] <= FIRST_MAX_WORDS
+    assert all(later <= 3 * earlier + 2 for earlier, later in itertools.pairwise(sizes))
+    assert max(sizes) > sizes[0]  # and they do grow
 
 
 def test_first_chunk_ends_at_the_first_comma_or_sentence() -> None:
