@@ -23,7 +23,7 @@ from typing import Literal
 import httpx
 from pydantic import BaseModel, Field
 
-from voicechat_common.localstack import LocalStack, ServiceStartError, free_port
+from voicechat_common.localstack import LOCAL_LLM_NICE, LocalStack, ServiceStartError, free_port
 from voicechat_llm.report import WarmupReport
 from voicechat_loadtest import __version__
 from voicechat_loadtest.client import ClientOptions, ConnectSample, VoiceClient
@@ -462,13 +462,13 @@ def _service_pids(stack: LocalStack) -> list[int]:
     return [p.proc.pid for p in stack.processes() if p.proc is not None]
 
 
-def run_bench(out: Path, budget_s: float = 600.0, quick: bool = False) -> int:
+def run_bench(out: Path, budget_s: float = 600.0, quick: bool = False, llm_nice: int = LOCAL_LLM_NICE) -> int:
     began = time.perf_counter()
     machine = machine_info()
     cpu_start = CpuSnapshot.take(self_and_children_cpu_s())
     speeches = load_speech()
     log_dir = Path(tempfile.mkdtemp(prefix="voicechat-bench-"))
-    stack = LocalStack.on_free_ports(with_session=False, log_dir=log_dir)
+    stack = LocalStack.on_free_ports(with_session=False, log_dir=log_dir, llm_nice=llm_nice)
     connect_rounds = {1: 2, 4: 1, 16: 1} if quick else {1: 10, 4: 4, 16: 2}
     conn_rounds = {1: 1, 4: 1, 16: 1} if quick else {1: 3, 4: 1, 16: 1}
     turns_single, turns_multi = (2, 1) if quick else (6, 3)
