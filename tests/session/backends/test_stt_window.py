@@ -73,8 +73,9 @@ def test_short_window_hears_what_the_full_window_hears(
 
 @pytest.mark.models
 def test_long_or_untrusted_audio_takes_the_full_window(
-    stt: FasterWhisperSTT, utterances: dict[str, Audio]
+    short_stt: FasterWhisperSTT, utterances: dict[str, Audio]
 ) -> None:
+    stt = short_stt
     used, fell_back = stt.short_window_uses, stt.short_window_fallbacks
     long_audio = np.concatenate([utterances[SENTENCES[0]], np.zeros(10 * STT_SAMPLE_RATE, np.float32)])
     assert words(stt.transcribe(long_audio)) == words(SENTENCES[0])  # 10+ s: the full window, no short try
