@@ -256,9 +256,9 @@ def markdown_table(results: BenchResults) -> str:
     m = results.machine
     footer = (
         f"\n{m.cpu_model}, {m.cores} cores, {m.ram_gib:g} GiB RAM, no GPU; {results.date[:10]}; "
-        f"LLM {Path(results.llm.model).name} ({results.llm.engine}); load average before/after "
-        f"{m.load_average_start[0]:.1f}/{(m.load_average_end or (0.0,))[0]:.1f}. TTFA is measured by the client "
-        f"from the end of its speech, so it includes the server's end-of-turn silence. {m.note}"
+        f"LLM {Path(results.llm.model).name} ({results.llm.engine}). TTFA is measured by the client from the "
+        f"end of its speech, so it includes the server's end-of-turn silence. "
+        + (m.note or describe(m.cores, m.load_average_start, m.load_average_end, m.cpu))
     )
     return "\n".join(rows) + "\n" + footer + "\n" + breakdown_table(results)
 

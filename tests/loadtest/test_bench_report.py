@@ -105,6 +105,9 @@ def test_markdown_table() -> None:
     assert "| LLM warm-up (engine start → ready) | 3.25 s | | |" in table
     assert "(2.20 s) | 3 | | |" in table
     assert "SmolLM2.gguf (llamacpp)" in table
+    # No fixed sentence about other jobs: the note says what was measured (here nothing of the CPU use).
+    assert "Load average (1 min)" in table
+    assert "CPU use of other processes not measured" in table
 
 
 def test_bench_plot(tmp_path: Path) -> None:
