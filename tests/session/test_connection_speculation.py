@@ -8,6 +8,7 @@ it reaches the client or the history and its LLM stream is closed.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 import numpy as np
@@ -16,7 +17,7 @@ import pytest
 from tests.support.fake_llm import FakeLLM
 from tests.support.session_app import SCRIPT, InProcessService, metric, session_app
 from tests.support.ws_client import VoiceChatClient
-from voicechat_session.backends.fake import utterance_tone
+from voicechat_session.backends.fake import FakeTTS, utterance_tone
 from voicechat_session.connection import Connection
 from voicechat_session.pool import Priority
 
@@ -195,3 +196,30 @@ async def test_speculation_off(silence_ms: int) -> None:
         assert turn.metrics["speculation"] == "none"
         assert turn.metrics["speculation_head_start_ms"] is None
         assert turn.assistant_final == REPLY
+
+
+async def test_chunks_grow_as_sent() -> None:
+    story = (
+        "Once upon a time there was a small village by the sea where the fishermen went out every morning "
+        "before dawn and came back at noon with their boats full of silver fish for the market in town"
+    )
+    async with (
+        session_app(FakeLLM(reply=story)) as service,
+        VoiceChatClient.connect(service.ws_url) as client,
+    ):
+        await client.start(sample_rate=RATE)
+        await client.stream_audio(utterance_tone(2, 0.6, RATE), RATE, trailing_silence_s=0.8)
+        turn = await client.wait_turn(timeout_s=30)
+        sent = connection_of(service).turn
+        assert sent is not None
+        assert sent.id == turn.turn_id
+        words = [len(chunk.split()) for chunk in sent.clauses]
+        assert " ".join(sent.clauses) == story, "every word spoken once, in order"
+        assert 3 <= words[0] <= 5, f"a short first phrase: {words}"
+        assert words[1] > words[0], f"then growing: {words}"
+        for before, after in itertools.pairwise(words[:-1]):
+            assert after <= 3 * before, f"each chunk synthesized while the one before plays: {words}"
+        # What the client received is exactly those chunks' audio (the tone TTS: length follows the text).
+        assert turn.audio_seconds == pytest.approx(
+            sum(FakeTTS().duration_s(c) for c in sent.clauses), abs=0.01
+        )
