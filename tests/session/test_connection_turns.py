@@ -12,6 +12,7 @@ from tests.support.fake_llm import FakeLLM
 from tests.support.session_app import SCRIPT, InProcessService, metric, session_app
 from tests.support.ws_client import VoiceChatClient
 from voicechat_session.backends.fake import TTS_ERROR, FakeTTS, utterance_tone
+from voicechat_session.clauses import ClauseSplitter
 
 RATE = 16_000
 LONG_REPLY = " ".join(f"Sentence number {i} of a long story, told slowly." for i in range(12))
@@ -19,8 +20,12 @@ SHORT_REPLY = "Paris is the capital of France."
 
 
 def expected_audio_s(text: str, speed: float = 1.0) -> float:
-    """Reply audio of the fake TTS at its default rate (per clause; clauses here end at punctuation)."""
-    return FakeTTS().duration_s(text, speed)
+    """Reply audio of the fake TTS at its default rate: per chunk, as the reply pipeline cuts the text."""
+    splitter = ClauseSplitter()
+    chunks = splitter.push(text)
+    if rest := splitter.flush():
+        chunks.append(rest)
+    return sum(FakeTTS().duration_s(chunk, speed) for chunk in chunks)
 
 
 def kinds(client: VoiceChatClient, after: int = 0) -> list[str]:
