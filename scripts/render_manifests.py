@@ -125,7 +125,13 @@ def render_core() -> dict[str, str]:
     }
     # Standalone (no kopf peering object): a custom resource applied together with its CRD fails until the
     # CRD is established, and `kubectl apply -f manifests/` must work in one go. One replica either way.
-    values = ["--set", "monitoring.dashboard.enabled=false", "--set", "operator.peering.enabled=false"]
+    # Cluster-wide: `kubectl apply -f manifests/` is the quick install that serves VoiceChats in any namespace
+    # (the chart's default is the namespaced operator).
+    values = [
+        "--set", "monitoring.dashboard.enabled=false",
+        "--set", "operator.peering.enabled=false",
+        "--set", "operator.clusterWide=true",
+    ]  # fmt: skip
     objs = [for_kubectl(o) for o in helm_template(["--skip-tests", *values])]
     objs.sort(key=kind_rank)  # stable: keeps helm's order within a kind
     files: dict[str, str] = {file_name(0, namespace): dump([namespace])}

@@ -30,6 +30,8 @@ DEFAULT_IMAGE_REPOSITORY = "ghcr.io/voicechat"
 CONFIG_HASH_ANNOTATION = "voicechat.io/config-hash"
 PROMPT_KEY = "system-prompt.txt"
 HF_TOKEN_ENV = "HF_TOKEN"
+API_KEY_SECRET_SUFFIX = "-llm-api-key"
+API_KEY_SECRET_KEY = "api-key"
 CONFIG_MOUNT = "/etc/voicechat"
 PROMPT_PATH = f"{CONFIG_MOUNT}/{PROMPT_KEY}"
 # Writable scratch space under a read-only root filesystem: HOME (model caches) and /tmp.
@@ -287,6 +289,38 @@ def _hugging_face_token(spec: VoiceChatSpec) -> list[Obj]:
     return [{"name": HF_TOKEN_ENV, "valueFrom": {"secretKeyRef": {"name": secret.name, "key": secret.key}}}]
 
 
+def llm_api_key_ref(owner: Owner, spec: VoiceChatSpec) -> tuple[str, str]:
+    """(Secret name, key) of the engine API key: the spec's reference, or the Secret the operator generates."""
+    ref = spec.llm.api_key_secret
+    if ref is not None:
+        return ref.name, ref.key
+    return f"{owner.name}{API_KEY_SECRET_SUFFIX}", API_KEY_SECRET_KEY
+
+
+@dataclass(frozen=True)
+class GeneratedSecret:
+    """A Secret of random values the operator generates once (see :mod:`voicechat_operator.generated`)."""
+
+    name: str
+    keys: tuple[str, ...]
+    component: str
+
+
+def generated_secrets(owner: Owner, spec: VoiceChatSpec) -> list[GeneratedSecret]:
+    """Secrets the operator must generate for this spec (none for what the spec references)."""
+    wanted = []
+    if spec.llm.api_key_secret is None:
+        name, key = llm_api_key_ref(owner, spec)
+        wanted.append(GeneratedSecret(name, (key,), LLM))
+    return wanted
+
+
+def _api_key_env(owner: Owner, spec: VoiceChatSpec, variable: str) -> Obj:
+    # Required (not optional): a pod without the key must not start, rather than run open or fail every call.
+    name, key = llm_api_key_ref(owner, spec)
+    return {"name": variable, "valueFrom": {"secretKeyRef": {"name": name, "key": key}}}
+
+
 def _pod_template(owner: Owner, spec: VoiceChatSpec, component: str, pod: dict[str, Any]) -> dict[str, Any]:
     """A Deployment's pod template; the config hash rolls the pods when their own settings change."""
     return {
@@ -322,6 +356,7 @@ def render_llm_deployment(owner: Owner, spec: VoiceChatSpec) -> Obj:
         "env": [
             {"name": "HOME", "value": CACHE_MOUNT},
             *_hugging_face_token(spec),
+            _api_key_env(owner, spec, env_name(LLMSettings, "api_key")),
             *_env_from_config(owner, llm_settings(owner, spec)),
         ],
         "startupProbe": _http_probe(
@@ -383,6 +418,7 @@ def render_session_deployment(owner: Owner, spec: VoiceChatSpec) -> Obj:
         "ports": [{"name": "http", "containerPort": SESSION_PORT, "protocol": "TCP"}],
         "env": [
             {"name": "HOME", "value": CACHE_MOUNT},
+            _api_key_env(owner, spec, env_name(SessionSettings, "llm_api_key")),
             *_env_from_config(owner, session_settings(owner, spec)),
         ],
         "startupProbe": _http_probe("/livez", "http", 5, 60),

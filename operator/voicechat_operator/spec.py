@@ -63,6 +63,10 @@ class SecretKey(_Model):
     key: str = Field("token", min_length=1)
 
 
+class ApiKeySecret(SecretKey):
+    key: str = Field("api-key", min_length=1)
+
+
 class LLMSpec(_Model):
     engine: Literal["vllm", "llamacpp"] = "vllm"
     # None: the LLM service's default for the engine (Llama-3.1-8B-Instruct for vLLM, the embedded GGUF).
@@ -71,6 +75,8 @@ class LLMSpec(_Model):
     image: str | None = Field(None, min_length=1)
     image_pull_policy: PullPolicy = "IfNotPresent"
     hugging_face_token_secret: SecretKey | None = None
+    # None: the operator generates NAME-llm-api-key (see render.llm_api_key_secret).
+    api_key_secret: ApiKeySecret | None = None
     system_prompt: str = Field(DEFAULT_SYSTEM_PROMPT, min_length=1, max_length=65536)
     max_model_len: int = Field(4096, ge=256, le=1048576)
     replicas: int = Field(1, ge=0, le=64)

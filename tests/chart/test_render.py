@@ -97,7 +97,7 @@ def test_namespaced_mode_grants_roles_in_each_watched_namespace() -> None:
 
 
 def test_cluster_mode_binds_a_cluster_role() -> None:
-    objs = render()
+    objs = render(extra=["--set", "operator.clusterWide=true"])
     assert by_kind(objs, "ClusterRole")
     assert by_kind(objs, "ClusterRoleBinding")
     assert not by_kind(objs, "Role")

@@ -14,11 +14,14 @@ import yaml
 from voicechat_llm.settings import ENGINE_PORT, GATE_PORT, LLMSettings
 from voicechat_operator import API_VERSION, KIND, kinds, rbac
 from voicechat_operator.env import env_name
+from voicechat_operator.generated import new_value, render_generated_secret
 from voicechat_operator.render import (
     ACTIVE_SESSIONS_METRIC,
     CONFIG_HASH_ANNOTATION,
+    GeneratedSecret,
     Owner,
     absent_children,
+    generated_secrets,
     render_children,
     render_config_map,
     render_hpa,
@@ -139,7 +142,9 @@ def test_environment_names_exist_in_the_services_settings(
         assert fields <= set(settings_cls.model_fields), fields - set(settings_cls.model_fields)
         # The values parse with the service's own settings class (JSON lists, numbers, literals).
         for entry in _env(deployment):
-            if entry["name"] not in OTHER_ENV:
+            if "secretKeyRef" in entry.get("valueFrom", {}):
+                monkeypatch.setenv(entry["name"], "a-key")  # the engine API key, from its Secret
+            elif entry["name"] not in OTHER_ENV:
                 ref = entry["valueFrom"]["configMapKeyRef"]
                 assert ref["name"] == "demo-config"
                 monkeypatch.setenv(entry["name"], config[ref["key"]])
@@ -342,3 +347,41 @@ def test_engine_picks_its_image_and_model_default(monkeypatch: pytest.MonkeyPatc
     settings = LLMSettings()
     assert settings.engine == "llamacpp"
     assert settings.model is None  # the LLM service resolves the embedded SmolLM2 file
+
+
+def _secret_env(deployment: dict[str, Any], variable: str) -> dict[str, Any]:
+    entry = next(e for e in _env(deployment) if e["name"] == variable)
+    ref: dict[str, Any] = entry["valueFrom"]["secretKeyRef"]
+    return ref
+
+
+@pytest.mark.parametrize("spec_name", SPECS)
+def test_both_pods_get_the_engine_api_key_from_one_secret(spec_name: str) -> None:
+    spec = SPECS[spec_name]
+    llm = _secret_env(render_llm_deployment(OWNER, spec), env_name(LLMSettings, "api_key"))
+    session = _secret_env(render_session_deployment(OWNER, spec), env_name(SessionSettings, "llm_api_key"))
+    assert llm == session == {"name": "demo-llm-api-key", "key": "api-key"}
+    assert "optional" not in llm  # a pod without the key does not start
+    (generated,) = generated_secrets(OWNER, spec)
+    assert generated == GeneratedSecret("demo-llm-api-key", ("api-key",), "llm")
+    # Never in the ConfigMap, whose values anyone who may read ConfigMaps sees.
+    assert not any("API_KEY" in key for key in render_config_map(OWNER, spec)["data"])
+
+
+def test_a_referenced_api_key_secret_is_used_and_not_generated() -> None:
+    raw = {"llm": {"apiKeySecret": {"name": "mine"}}, "session": {"minReplicas": 1, "maxReplicas": 2}}
+    spec = parse_spec("demo", raw)
+    llm = _secret_env(render_llm_deployment(OWNER, spec), env_name(LLMSettings, "api_key"))
+    assert llm == {"name": "mine", "key": "api-key"}
+    assert generated_secrets(OWNER, spec) == []
+
+
+def test_generated_secret_object() -> None:
+    secret = render_generated_secret(
+        OWNER, GeneratedSecret("demo-x", ("a", "b"), "session"), {"a": "1", "b": "2"}
+    )
+    assert secret["metadata"]["ownerReferences"] == [OWNER.reference()]
+    assert secret["metadata"]["labels"]["app.kubernetes.io/component"] == "session"
+    assert secret["data"] == {"a": "MQ==", "b": "Mg=="}
+    assert len(new_value()) >= 43  # 32 random bytes
+    assert new_value() != new_value()
