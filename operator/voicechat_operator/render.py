@@ -231,14 +231,20 @@ def _pod_security() -> Obj:
     }
 
 
-def _volumes(owner: Owner, extra: list[Obj] | None = None) -> list[Obj]:
+# Scratch space is bounded: a pod writing past its limit is evicted instead of filling the node's disk.
+# The LLM cache holds the downloaded weights (Llama-3.1-8B in bf16: 16 GB) and compile caches.
+CACHE_SIZE_LIMIT = {LLM: "64Gi", SESSION: "4Gi"}
+TMP_SIZE_LIMIT = "2Gi"
+
+
+def _volumes(owner: Owner, component: str, extra: list[Obj] | None = None) -> list[Obj]:
     return [
         {
             "name": "config",
             "configMap": {"name": config_name(owner), "items": [{"key": PROMPT_KEY, "path": PROMPT_KEY}]},
         },
-        {"name": "cache", "emptyDir": {}},
-        {"name": "tmp", "emptyDir": {}},
+        {"name": "cache", "emptyDir": {"sizeLimit": CACHE_SIZE_LIMIT[component]}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE_LIMIT}},
         *(extra or []),
     ]
 
@@ -375,7 +381,9 @@ def render_llm_deployment(owner: Owner, spec: VoiceChatSpec) -> Obj:
     }
     # vLLM's workers share tensors through /dev/shm; the container runtime's default is 64 MiB.
     shm = {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}}
-    pod = _pod_spec(spec, container, _volumes(owner, [shm]), llm.drain_seconds + PRESTOP_SECONDS + 10, llm)
+    pod = _pod_spec(
+        spec, container, _volumes(owner, LLM, [shm]), llm.drain_seconds + PRESTOP_SECONDS + 10, llm
+    )
     template = _pod_template(owner, spec, LLM, pod)
     return _object(
         kinds.DEPLOYMENT,
@@ -430,7 +438,9 @@ def render_session_deployment(owner: Owner, spec: VoiceChatSpec) -> Obj:
         "securityContext": _container_security(),
         "volumeMounts": _mounts(),
     }
-    pod = _pod_spec(spec, container, _volumes(owner), session.drain_seconds + PRESTOP_SECONDS + 10, session)
+    pod = _pod_spec(
+        spec, container, _volumes(owner, SESSION), session.drain_seconds + PRESTOP_SECONDS + 10, session
+    )
     template = _pod_template(owner, spec, SESSION, pod)
     return _object(
         kinds.DEPLOYMENT,

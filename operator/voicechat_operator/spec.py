@@ -21,6 +21,21 @@ MAX_NAME_LENGTH = 63 - len(LONGEST_SUFFIX)
 GPU_TOLERATION: dict[str, Any] = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 
 PullPolicy = Literal["Always", "IfNotPresent", "Never"]
+# Engine flags a VoiceChat author may not pass: running code shipped with a model, replacing the engine API key
+# or where it listens (the gate's probes and the Service expect the rendered ones), reading local files.
+FORBIDDEN_EXTRA_ARGS = (
+    "--trust-remote-code",
+    "--api-key",
+    "--host",
+    "--port",
+    "--allowed-local-media-path",
+    "--ssl-keyfile",
+)
+
+
+def forbidden_extra_args(args: list[str]) -> list[str]:
+    """The arguments of ``args`` that name a forbidden flag (``--flag`` or ``--flag=value``)."""
+    return [arg for arg in args if arg.split("=", 1)[0] in FORBIDDEN_EXTRA_ARGS]
 
 
 class InvalidSpecError(ValueError):
@@ -182,6 +197,10 @@ def _cross_field_problems(name: str, spec: VoiceChatSpec) -> list[str]:
         problems.append(
             f"llm.startupBudgetSeconds ({llm.startup_budget_seconds}) is less than llm.warmupTimeoutSeconds "
             f"({llm.warmup_timeout_seconds}): the kubelet would restart the pod before the model may load"
+        )
+    if forbidden := forbidden_extra_args(llm.extra_args):
+        problems.append(
+            f"llm.extraArgs may not contain {', '.join(forbidden)} (forbidden: {', '.join(FORBIDDEN_EXTRA_ARGS)})"
         )
     if llm.engine == "vllm" and llm.gpu.count == 0:
         problems.append(

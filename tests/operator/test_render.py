@@ -319,7 +319,9 @@ def test_rbac_covers_every_call_the_operator_makes() -> None:
     assert rbac.allows(rules, "", "events", "create")
     assert rbac.allows(rules, "kopf.dev", "clusterkopfpeerings", "patch")
     assert rbac.allows(rules, "apiextensions.k8s.io", "customresourcedefinitions", "watch")
-    assert not rbac.allows(rules, "", "secrets", "get")  # least privilege: nothing it does not use
+    # Least privilege: it reads the Secrets it generates by name, and can never list or watch Secrets.
+    assert not rbac.allows(rules, "", "secrets", "list")
+    assert not rbac.allows(rules, "", "secrets", "watch")
     for rule in rules:
         kubernetes_validate.validate(
             {
@@ -342,7 +344,9 @@ def test_engine_picks_its_image_and_model_default(monkeypatch: pytest.MonkeyPatc
     assert gpu_container["image"].rsplit("/", 1)[1].startswith("voicechat-llm:")
     config = render_config_map(OWNER, cpu)["data"]
     for entry in _env(render_llm_deployment(OWNER, cpu)):
-        if entry["name"] not in OTHER_ENV:
+        if "secretKeyRef" in entry.get("valueFrom", {}):
+            monkeypatch.setenv(entry["name"], "a-key")
+        elif entry["name"] not in OTHER_ENV:
             monkeypatch.setenv(entry["name"], config[entry["valueFrom"]["configMapKeyRef"]["key"]])
     settings = LLMSettings()
     assert settings.engine == "llamacpp"
@@ -385,3 +389,16 @@ def test_generated_secret_object() -> None:
     assert secret["data"] == {"a": "MQ==", "b": "Mg=="}
     assert len(new_value()) >= 43  # 32 random bytes
     assert new_value() != new_value()
+
+
+@pytest.mark.parametrize("spec_name", SPECS)
+def test_every_scratch_volume_has_a_size_limit(spec_name: str) -> None:
+    for deployment in (
+        render_llm_deployment(OWNER, SPECS[spec_name]),
+        render_session_deployment(OWNER, SPECS[spec_name]),
+    ):
+        volumes = deployment["spec"]["template"]["spec"]["volumes"]
+        empty_dirs = [v for v in volumes if "emptyDir" in v]
+        assert len(empty_dirs) >= 2
+        for volume in empty_dirs:
+            assert volume["emptyDir"]["sizeLimit"], volume
