@@ -152,7 +152,13 @@ def render_core() -> dict[str, str]:
 def render_admission() -> dict[str, str]:
     """manifests/admission/: the ValidatingAdmissionPolicy and its binding (every namespace, as the operator)."""
     objs = helm_template(
-        ["--skip-tests", "--set", "operator.clusterWide=true", "--show-only", "templates/admission-policy.yaml"]
+        [
+            "--skip-tests",
+            "--set",
+            "operator.clusterWide=true",
+            "--show-only",
+            "templates/admission-policy.yaml",
+        ]
     )
     return {f"{str(o['kind']).lower()}-{o['metadata']['name']}.yaml": dump([for_kubectl(o)]) for o in objs}
 
