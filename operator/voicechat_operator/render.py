@@ -568,6 +568,61 @@ def render_network_policy(owner: Owner, spec: VoiceChatSpec) -> Obj:
     )
 
 
+# Cluster DNS (CoreDNS keeps the kube-dns label on EKS and kubeadm clusters).
+DNS_POD_LABELS = {"k8s-app": "kube-dns"}
+
+
+def _stt_model_downloads(spec: VoiceChatSpec) -> bool:
+    """A hub model name (not a path in the image or a volume) is fetched from the internet when a pod starts."""
+    model = spec.session.stt.model
+    return model is not None and not model.startswith("/")
+
+
+def render_session_network_policy(owner: Owner, spec: VoiceChatSpec) -> Obj:
+    """Session pods: clients in on the session port, Prometheus in; out only to their LLM and to DNS.
+
+    A compromised session pod cannot reach other workloads, the cloud metadata endpoint or the internet
+    (except HTTPS when spec.session.stt.model names a hub model the pod downloads at start).
+    """
+    egress: list[Obj] = [
+        {
+            "to": [{"podSelector": {"matchLabels": selector_labels(owner, LLM)}}],
+            "ports": [{"protocol": "TCP", "port": ENGINE_PORT}, {"protocol": "TCP", "port": GATE_PORT}],
+        },
+        {
+            "to": [{"namespaceSelector": {}, "podSelector": {"matchLabels": dict(DNS_POD_LABELS)}}],
+            "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+        },
+    ]
+    if _stt_model_downloads(spec):
+        egress.append(
+            {"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}], "ports": [{"protocol": "TCP", "port": 443}]}
+        )
+    return _object(
+        kinds.NETWORK_POLICY,
+        _meta(owner, session_name(owner), SESSION),
+        spec={
+            "podSelector": {"matchLabels": selector_labels(owner, SESSION)},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [
+                # Browsers arrive through the Service (load balancer, ingress controller): any source.
+                {"ports": [{"protocol": "TCP", "port": SESSION_PORT}]},
+                # Prometheus may scrape every port (metrics may move to a port of their own).
+                {
+                    "from": [
+                        {
+                            "namespaceSelector": {
+                                "matchLabels": {"kubernetes.io/metadata.name": spec.monitoring.namespace}
+                            }
+                        }
+                    ]
+                },
+            ],
+            "egress": egress,
+        },
+    )
+
+
 def render_pod_monitor(owner: Owner, spec: VoiceChatSpec) -> Obj:
     """Scrapes the session pods (:http/metrics) and the LLM gate (:gate/metrics)."""
     interval = spec.monitoring.interval
@@ -597,6 +652,7 @@ def render_children(owner: Owner, spec: VoiceChatSpec) -> list[Obj]:
         render_network_policy(owner, spec),
         render_llm_deployment(owner, spec),
         render_session_service(owner, spec),
+        render_session_network_policy(owner, spec),
         render_session_deployment(owner, spec),
         render_hpa(owner, spec),
         render_pdb(owner, spec),

@@ -33,6 +33,7 @@ CHILDREN = [
     (kinds.NETWORK_POLICY, "demo-llm"),
     (kinds.DEPLOYMENT, "demo-llm"),
     (kinds.SERVICE, "demo-session"),
+    (kinds.NETWORK_POLICY, "demo-session"),
     (kinds.DEPLOYMENT, "demo-session"),
     (kinds.HPA, "demo-session"),
     (kinds.PDB, "demo-session"),

@@ -28,6 +28,7 @@ from voicechat_operator.render import (
     render_llm_deployment,
     render_network_policy,
     render_session_deployment,
+    render_session_network_policy,
     render_session_service,
 )
 from voicechat_operator.spec import VoiceChatSpec, parse_spec
@@ -402,3 +403,37 @@ def test_every_scratch_volume_has_a_size_limit(spec_name: str) -> None:
         assert len(empty_dirs) >= 2
         for volume in empty_dirs:
             assert volume["emptyDir"]["sizeLimit"], volume
+
+
+def test_session_network_policy_lets_clients_in_and_only_the_llm_and_dns_out() -> None:
+    policy = render_session_network_policy(OWNER, SPECS["minimal"])
+    spec = policy["spec"]
+    assert policy["metadata"]["name"] == "demo-session"
+    assert spec["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "session"
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
+    public, monitoring = spec["ingress"]
+    assert public == {"ports": [{"protocol": "TCP", "port": SESSION_PORT}]}
+    assert monitoring["from"][0]["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "monitoring"
+    }
+    llm, dns = spec["egress"]
+    assert llm["to"] == [{"podSelector": {"matchLabels": {
+        "app.kubernetes.io/name": "voicechat", "app.kubernetes.io/instance": "demo", "app.kubernetes.io/component": "llm"
+    }}}]  # fmt: skip
+    assert {p["port"] for p in llm["ports"]} == {ENGINE_PORT, GATE_PORT}
+    assert {(p["protocol"], p["port"]) for p in dns["ports"]} == {("UDP", 53), ("TCP", 53)}
+    assert "ipBlock" not in json.dumps(spec)  # no internet, no cloud metadata endpoint
+
+
+def test_session_network_policy_opens_https_only_for_a_hub_stt_model() -> None:
+    raw = {
+        "session": {"minReplicas": 1, "maxReplicas": 2, "stt": {"model": "Systran/faster-whisper-small.en"}}
+    }
+    egress = render_session_network_policy(OWNER, parse_spec("demo", {"llm": {}, **raw}))["spec"]["egress"]
+    assert egress[-1] == {
+        "to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}],
+        "ports": [{"protocol": "TCP", "port": 443}],
+    }
+    raw["session"]["stt"]["model"] = "/models/whisper"
+    egress = render_session_network_policy(OWNER, parse_spec("demo", {"llm": {}, **raw}))["spec"]["egress"]
+    assert len(egress) == 2
