@@ -13,11 +13,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from voicechat_operator import API_VERSION, KIND, kinds
+from voicechat_operator.generated import ensure_secret
 from voicechat_operator.kube import KubeApiError, KubeClient
 from voicechat_operator.render import (
     Owner,
     absent_children,
     endpoints,
+    generated_secrets,
     llm_name,
     render_children,
     session_name,
@@ -201,6 +203,11 @@ class Reconciler:
 
     async def _converge(self, owner: Owner, spec: VoiceChatSpec, *, force: bool) -> list[str]:
         applied = []
+        # Before the pods that read them: a pod whose secretKeyRef is missing does not start.
+        for secret in generated_secrets(owner, spec):
+            done = await ensure_secret(self.client, owner, secret)
+            if done is not None:
+                applied.append(f"Secret/{secret.name} ({done})")
         for obj in render_children(owner, spec):
             kind, name = kinds.kind_of(obj), obj["metadata"]["name"]
             live = None

@@ -36,6 +36,11 @@ are derived from its code and kopf's needs. tests/chart/test_rbac.py fails when 
 - apiGroups: ["monitoring.coreos.com"]
   resources: ["podmonitors"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# Secrets the operator generates once per VoiceChat (the LLM API key): read, created when absent, missing
+# keys added. Never listed or watched, so it cannot enumerate the namespace's Secrets.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "create", "patch"]
 # kopf posts events about handler progress and failures.
 - apiGroups: [""]
   resources: ["events"]
