@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import platform
+import re
 import sys
 import tempfile
 import time
@@ -21,8 +22,9 @@ from pathlib import Path
 from typing import Literal
 
 import httpx
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
 
+from voicechat_common.contracts import SPECULATIONS_METRIC
 from voicechat_common.localstack import LOCAL_LLM_NICE, LocalStack, ServiceStartError, free_port
 from voicechat_llm.report import WarmupReport
 from voicechat_loadtest import __version__
@@ -83,6 +85,23 @@ class TtfaLevel(BaseModel):
         description="The server's per-turn figures (`turn_metrics`, every numeric field it sent), in ms.",
     )
     cpu: CpuShare | None = Field(None, description="CPU use while this level ran.")
+    speculation: dict[str, int] = Field(
+        default_factory=dict,
+        description="Turns by `turn_metrics.speculation` (hit / miss / none) over the level's successful turns.",
+    )
+    speculations: dict[str, int] = Field(
+        default_factory=dict,
+        description="The server's speculation attempts during the level, by outcome "
+        f"(`{SPECULATIONS_METRIC}`): committed, discarded, aborted, saturated.",
+    )
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def speculation_waste(self) -> float | None:
+        """Share of the speculative replies started that were thrown away."""
+        started = sum(n for outcome, n in self.speculations.items() if outcome != "saturated")
+        wasted = self.speculations.get("discarded", 0) + self.speculations.get("aborted", 0)
+        return wasted / started if started else None
 
 
 class CapacityResult(BaseModel):
@@ -163,16 +182,40 @@ def server_breakdown(report: LoadReport) -> dict[str, Summary]:
     return {name: summarize(samples) for name, samples in values.items()}
 
 
+def speculation_of_turns(report: LoadReport) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for turn in report.turns:
+        if turn.error is None and turn.server is not None and turn.server.speculation is not None:
+            counts[turn.server.speculation] = counts.get(turn.server.speculation, 0) + 1
+    return counts
+
+
+_SPECULATION_SAMPLE = re.compile(SPECULATIONS_METRIC + r'_total\{outcome="(\w+)"\} ([0-9.e+]+)')
+
+
+def speculation_counts(metrics_text: str) -> dict[str, int]:
+    """The speculation counter's samples by outcome, from a Prometheus text exposition."""
+    return {m[1]: round(float(m[2])) for m in _SPECULATION_SAMPLE.finditer(metrics_text)}
+
+
+def counts_between(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: after[k] - before.get(k, 0) for k in sorted(after) if after[k] - before.get(k, 0)}
+
+
 @dataclass
 class LevelRun:
     """One load level as measured: the load test's report and the CPU use meanwhile."""
 
     report: LoadReport
     cpu: CpuShare | None = None
+    speculations: dict[str, int] | None = None
 
 
 def ttfa_level(
-    report: LoadReport, threshold_s: float | None = None, cpu: CpuShare | None = None
+    report: LoadReport,
+    threshold_s: float | None = None,
+    cpu: CpuShare | None = None,
+    speculations: dict[str, int] | None = None,
 ) -> TtfaLevel:
     ttfa = report.summary["ttfa_s"]
     passed = None
@@ -189,6 +232,8 @@ def ttfa_level(
         passed=passed,
         breakdown_ms=server_breakdown(report),
         cpu=cpu,
+        speculation=speculation_of_turns(report),
+        speculations=speculations or {},
     )
 
 
@@ -288,6 +333,28 @@ def breakdown_table(results: BenchResults) -> str:
             p50 = summary.p50 if summary is not None else None
             cells.append("-" if p50 is None else f"{p50:.0f}" if name.endswith("_ms") else f"{p50:g}")
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    rows.append(
+        "| turns: speculation hit / miss / none | "
+        + " | ".join(
+            " / ".join(str(lvl.speculation.get(k, 0)) for k in ("hit", "miss", "none")) for lvl in levels
+        )
+        + " |"
+    )
+    rows.append(
+        "| speculative replies committed / discarded (waste) | "
+        + " | ".join(
+            f"{lvl.speculations.get('committed', 0)} / "
+            f"{lvl.speculations.get('discarded', 0) + lvl.speculations.get('aborted', 0)}"
+            + ("" if lvl.speculation_waste is None else f" ({lvl.speculation_waste:.0%})")
+            + (
+                f", {lvl.speculations['saturated']} not started (saturated)"
+                if "saturated" in lvl.speculations
+                else ""
+            )
+            for lvl in levels
+        )
+        + " |"
+    )
     rows.append(
         "| other processes' CPU share | "
         + " | ".join("-" if lvl.cpu is None else f"{lvl.cpu.others:.0%}" for lvl in levels)
@@ -397,17 +464,36 @@ async def measure_users(
 ) -> LevelRun:
     """``users`` talking at once; ``pids``: our service processes, whose CPU time is not "other processes"."""
     ours = [os.getpid(), *pids]
+    metrics_url = url.replace("ws://", "http://").removesuffix("/ws") + "/metrics"
+    spec_before = await _speculations(metrics_url)
     before = CpuSnapshot.take(pids_cpu_s(ours))
     report = await run_load(_users_config(url, users, turns), speeches, progress=False)
     after = CpuSnapshot.take(pids_cpu_s(ours))
+    spec_after = await _speculations(metrics_url)
+    speculations = (
+        counts_between(spec_before, spec_after)
+        if spec_before is not None and spec_after is not None
+        else None
+    )
     cpu = CpuShare.between(before, after) if before is not None and after is not None else None
     ttfa = report.summary["ttfa_s"]
     _say(
         f"{users} user(s) x {turns} turns: TTFA p50 {_fmt_s(ttfa.p50)}, p95 {_fmt_s(ttfa.p95)}, "
         f"errors {report.errors or 'none'}, transcript matches {report.transcript_matches}/{report.turns_total}"
         + (f", other processes' CPU {cpu.others:.0%}" if cpu is not None else "")
+        + (f", speculations {speculations}" if speculations else "")
     )
-    return LevelRun(report, cpu)
+    return LevelRun(report, cpu, speculations)
+
+
+async def _speculations(metrics_url: str) -> dict[str, int] | None:
+    try:
+        async with httpx.AsyncClient(timeout=5.0) as http:
+            response = await http.get(metrics_url)
+            response.raise_for_status()
+    except httpx.HTTPError:
+        return None
+    return speculation_counts(response.text)
 
 
 async def find_capacity(
@@ -432,7 +518,7 @@ async def find_capacity(
         started = time.perf_counter()
         run = known.get(users) or await measure_users(url, users, turns, speeches, pids)
         last_level_s = time.perf_counter() - started
-        level = ttfa_level(run.report, threshold, run.cpu)
+        level = ttfa_level(run.report, threshold, run.cpu, run.speculations)
         levels.append(level)
         if not level.passed:
             stopped = (
@@ -488,7 +574,10 @@ def run_bench(out: Path, budget_s: float = 600.0, quick: bool = False, llm_nice:
                 1: asyncio.run(measure_users(url, 1, turns_single, speeches, pids)),
                 4: asyncio.run(measure_users(url, 4, turns_multi, speeches, pids)),
             }
-            ttfa = [ttfa_level(run.report, cpu=run.cpu) for run in (known[1], known[4])]
+            ttfa = [
+                ttfa_level(run.report, cpu=run.cpu, speculations=run.speculations)
+                for run in (known[1], known[4])
+            ]
             capacity = asyncio.run(
                 find_capacity(url, speeches, known, turns_multi, lambda s: out_of_time(s + 60.0), pids)
             )

@@ -139,3 +139,18 @@ def test_markdown_breakdown_table() -> None:
     assert "| stt_ms | 400 |" in table
     assert "| time_to_first_audio_ms | 1100 |" in table
     assert "| other processes' CPU share | 30% |" in table
+
+
+def test_speculation_counts_and_waste() -> None:
+    from voicechat_loadtest.bench import counts_between, speculation_counts
+
+    text = (
+        "# TYPE voicechat_session_speculations_total counter\n"
+        'voicechat_session_speculations_total{outcome="committed"} 7.0\n'
+        'voicechat_session_speculations_total{outcome="discarded"} 3.0\n'
+        'voicechat_session_speculations_created{outcome="committed"} 1.7e+09\n'
+    )
+    after = speculation_counts(text)
+    assert after == {"committed": 7, "discarded": 3}
+    level = counts_between({"committed": 2}, after)
+    assert level == {"committed": 5, "discarded": 3}

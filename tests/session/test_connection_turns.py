@@ -12,6 +12,7 @@ from tests.support.fake_llm import FakeLLM
 from tests.support.session_app import SCRIPT, InProcessService, metric, session_app
 from tests.support.ws_client import VoiceChatClient
 from voicechat_session.backends.fake import TTS_ERROR, FakeTTS, utterance_tone
+from voicechat_session.clauses import ClauseSplitter
 
 RATE = 16_000
 LONG_REPLY = " ".join(f"Sentence number {i} of a long story, told slowly." for i in range(12))
@@ -19,8 +20,12 @@ SHORT_REPLY = "Paris is the capital of France."
 
 
 def expected_audio_s(text: str, speed: float = 1.0) -> float:
-    """Reply audio of the fake TTS at its default rate (per clause; clauses here end at punctuation)."""
-    return FakeTTS().duration_s(text, speed)
+    """Reply audio of the fake TTS at its default rate: per chunk, as the reply pipeline cuts the text."""
+    splitter = ClauseSplitter()
+    chunks = splitter.push(text)
+    if rest := splitter.flush():
+        chunks.append(rest)
+    return sum(FakeTTS().duration_s(chunk, speed) for chunk in chunks)
 
 
 def kinds(client: VoiceChatClient, after: int = 0) -> list[str]:
@@ -233,7 +238,9 @@ async def test_a_new_typed_turn_supersedes_the_current_one(service: InProcessSer
 
 async def test_speech_before_the_last_utterance_is_transcribed_joins_it() -> None:
     async with (
-        session_app(fake_stt_latency_ms=1500) as service,
+        # Slow enough that turn 1 is still transcribing when the second speech ends (speculation starts
+        # the transcription at the pause, 300 ms before the end of turn).
+        session_app(fake_stt_latency_ms=2500) as service,
         VoiceChatClient.connect(service.ws_url) as client,
     ):
         await client.start(sample_rate=RATE)

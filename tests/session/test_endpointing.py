@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from voicechat_session.endpointing import Phase, SpeechEnded, SpeechStarted, TurnConfig, TurnDetector
+from voicechat_session.endpointing import (
+    Phase,
+    SpeechEnded,
+    SpeechPaused,
+    SpeechStarted,
+    TurnConfig,
+    TurnDetector,
+)
 
 WINDOW = 512  # 32 ms at 16 kHz
 
@@ -63,3 +70,48 @@ def test_idle_buffer_stays_bounded() -> None:
     _run(detector, [0.0] * 2000)
     assert detector.utterance_so_far().size == 0
     assert detector._buf_len <= 16_000  # only the pre-roll is kept while nobody speaks
+
+
+def test_a_pause_carries_the_audio_the_end_will_carry() -> None:
+    detector = TurnDetector(TurnConfig(min_speech_ms=200, min_silence_ms=500, pause_ms=200), WINDOW)
+    events = _run(detector, [0.0] * 20 + [0.9] * 30 + [0.0] * 20)
+    assert [type(e) for e in events] == [SpeechStarted, SpeechPaused, SpeechEnded]
+    paused, ended = events[1], events[2]
+    assert isinstance(paused, SpeechPaused)
+    assert isinstance(ended, SpeechEnded)
+    assert ended.after_pause
+    assert np.array_equal(paused.audio, ended.audio), "work started at the pause is the work the end needs"
+    assert paused.speech_ms == ended.speech_ms
+
+
+def test_speech_after_a_pause_resumes_and_the_end_is_not_after_that_pause() -> None:
+    detector = TurnDetector(TurnConfig(min_speech_ms=200, min_silence_ms=500, pause_ms=200), WINDOW)
+    events = _run(detector, [0.9] * 20 + [0.0] * 9 + [0.9] * 20 + [0.0] * 5 + [0.9] * 5 + [0.0] * 20)
+    names = [type(e).__name__ for e in events]
+    # 288 ms of silence is a pause (then speech resumes); 160 ms is not; the final silence pauses, then ends.
+    assert names == [
+        "SpeechStarted",
+        "SpeechPaused",
+        "SpeechResumed",
+        "SpeechPaused",
+        "SpeechEnded",
+    ]
+    first_pause, last_pause, ended = events[1], events[3], events[4]
+    assert isinstance(first_pause, SpeechPaused)
+    assert isinstance(last_pause, SpeechPaused)
+    assert isinstance(ended, SpeechEnded)
+    assert len(first_pause.audio) < len(ended.audio)
+    assert np.array_equal(last_pause.audio, ended.audio)
+    assert ended.after_pause
+
+
+def test_no_pause_events_when_off_or_when_forced() -> None:
+    detector = TurnDetector(TurnConfig(min_speech_ms=200, min_silence_ms=500), WINDOW)
+    events = _run(detector, [0.9] * 30 + [0.0] * 20)
+    assert [type(e) for e in events] == [SpeechStarted, SpeechEnded]
+    cut = TurnDetector(TurnConfig(min_silence_ms=500, max_utterance_s=1.5, pause_ms=200), WINDOW)
+    events = _run(cut, [0.9] * 40 + [0.0] * 8)
+    ended = [e for e in events if isinstance(e, SpeechEnded)]
+    assert len(ended) == 1
+    assert ended[0].forced
+    assert not ended[0].after_pause

@@ -46,6 +46,8 @@ class FakeLLM:
     cancelled: int = 0
     """Streams that ended before the last token (the client closed them, or ``drop``)."""
     active: int = 0
+    max_active: int = 0
+    """Most streams open at once."""
     stream_cut: asyncio.Event = field(default_factory=asyncio.Event)
     """Set when a stream ends before its last token."""
 
@@ -77,6 +79,7 @@ class FakeLLM:
 
     async def _stream(self, words: list[str]) -> AsyncIterator[bytes]:
         self.active += 1
+        self.max_active = max(self.max_active, self.active)
         finished = False
         try:
             if self.mode == "stall":

@@ -7,6 +7,8 @@ name the HPA scales on from here instead of importing the session service's metr
 from __future__ import annotations
 
 ACTIVE_SESSIONS_METRIC = "voicechat_session_active_sessions"
+SPECULATIONS_METRIC = "voicechat_session_speculations"
+"""Counter of speculative replies by ``outcome`` (exposed with the ``_total`` suffix); read by the bench."""
 """Gauge of open sessions per session pod: the HPA's custom metric (fixed by the design)."""
 
 DEFAULT_SYSTEM_PROMPT = (

@@ -18,6 +18,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ValidationError
@@ -31,7 +32,9 @@ from voicechat_session.listen import (
     AudioInput,
     InputEvent,
     Partial,
+    Paused,
     Refused,
+    Resumed,
     SpeechBegan,
     StillSpeaking,
     Utterance,
@@ -63,8 +66,10 @@ from voicechat_session.protocol import (
     client_message_adapter,
     describe_validation_error,
 )
-from voicechat_session.reply import TurnRunner, Voice
+from voicechat_session.reply import HeldOutbox, TurnRunner, Voice
 from voicechat_session.serving import Pod
+from voicechat_session.speculation import Speculation
+from voicechat_session.speculation import count as count_speculation
 from voicechat_session.turn import Turn, TurnSource, TurnState
 
 log = logging.getLogger(__name__)
@@ -116,6 +121,8 @@ class Connection:
         self.turn: Turn | None = None
         self._runner: TurnRunner | None = None
         self._turn_seq = 0
+        self._speculation: Speculation | None = None
+        self._speculation_missed = False  # a speculation of the current utterance was discarded
         self._outbox: asyncio.Queue[_Outgoing] = asyncio.Queue()
         self._last_error_at: dict[str, float] = {}
         self._closing = False
@@ -176,6 +183,7 @@ class Connection:
 
     async def _cleanup(self, tasks: list[asyncio.Task[None]]) -> None:
         pending = list(tasks)
+        self._drop_speculation("aborted")
         if self.turn is not None and self.turn.task is not None:
             pending.append(self.turn.task)
         if self.input is not None and self.input.pending_task is not None:
@@ -379,6 +387,7 @@ class Connection:
         elif isinstance(message, TextMessage):
             self._start_turn("text", text=message.text)
         elif isinstance(message, InterruptMessage):
+            self._drop_speculation("aborted")
             if self.turn is not None:
                 self._interrupt(self.turn, "client")
         elif isinstance(message, ResetMessage):
@@ -418,6 +427,7 @@ class Connection:
         self.send(StartedMessage(sample_rate=rate, voice=self.voice.name, speed=self.voice.speed))
 
     def _on_reset(self) -> None:
+        self._drop_speculation("aborted")
         turn = self.turn
         if turn is not None and not turn.finalized.done():
             # Also a turn that ended but whose reply the sender has not yet written to the history.
@@ -435,8 +445,15 @@ class Connection:
         elif isinstance(event, StillSpeaking):
             if speaking is not None and event.speech_ms >= min_ms:
                 self._interrupt(speaking, "barge_in")
+        elif isinstance(event, Paused):
+            self._speculate(event)
+        elif isinstance(event, Resumed):
+            if self._drop_speculation("discarded"):
+                self._speculation_missed = True
         elif isinstance(event, Utterance):
             self.send(VadMessage(speaking=False))
+            if self._commit_speculation(event):
+                return
             if speaking is not None and event.speech_ms < min_ms:
                 # Too short to interrupt the assistant: a cough or its own echo, not a turn.
                 log.debug(
@@ -445,6 +462,9 @@ class Connection:
                 )
                 return
             self._start_turn("voice", audio=event.audio, user_end=event.user_end, decided=event.decided)
+            if self.turn is not None and self._speculation_missed:
+                self.turn.speculation = "miss"
+            self._speculation_missed = False
         elif isinstance(event, Partial):
             self.send(TranscriptMessage(text=event.text, final=False, turn_id=self._turn_seq + 1))
         elif isinstance(event, Refused):
@@ -477,6 +497,7 @@ class Connection:
         user_end: float | None = None,
         decided: float | None = None,
     ) -> None:
+        self._drop_speculation("aborted")  # a typed turn while a pause was speculated on; else none left
         if self.draining or self._closing:
             self._error("shutting_down", "the server is shutting down; no new turns")
             return
@@ -498,3 +519,51 @@ class Connection:
         )
         self.turn = turn
         turn.task = asyncio.create_task(self._runner.run(turn, previous, self), name=f"turn-{turn.id}")
+
+    # ------------------------------------------------------------------------------ speculative end of turn
+    def _speculate(self, event: Paused) -> None:
+        """A pause: start the reply now, held, if it would be this utterance's turn (see :mod:`.speculation`)."""
+        previous = self.turn
+        if (
+            self._speculation is not None
+            or self._runner is None
+            or self.draining
+            or self._closing
+            or (previous is not None and previous.active)  # barge-in or more words: the normal path decides
+        ):
+            return
+        if self.pod.saturated:
+            count_speculation("saturated")
+            return
+        turn = Turn(
+            id=self._turn_seq + 1,
+            source="voice",
+            user_end=event.user_end,
+            audio=event.audio,
+            started_at=event.at,
+        )
+        outbox = HeldOutbox(self)
+        turn.task = asyncio.create_task(self._runner.run(turn, previous, outbox), name=f"turn-{turn.id}-spec")
+        self._speculation = Speculation(turn, outbox)
+
+    def _commit_speculation(self, event: Utterance) -> bool:
+        """The end of turn on the paused audio: the speculative turn becomes the turn (True), else dropped."""
+        speculation, self._speculation = self._speculation, None
+        if speculation is None:
+            return False
+        if not event.after_pause:
+            speculation.discard("discarded")
+            self._speculation_missed = True
+            return False
+        self._turn_seq = speculation.turn.id
+        self.turn = speculation.commit(event.decided)
+        self._speculation_missed = False
+        return True
+
+    def _drop_speculation(self, outcome: Literal["discarded", "aborted"]) -> bool:
+        speculation, self._speculation = self._speculation, None
+        if speculation is None:
+            return False
+        speculation.discard(outcome)
+        log.debug("speculation dropped", extra={"session_id": self.session_id, "outcome": outcome})
+        return True

@@ -1,4 +1,10 @@
-"""Endpointing: VAD speech probabilities → user speech start / end, with the utterance's audio (pure)."""
+"""Endpointing: VAD speech probabilities → user speech start / end, with the utterance's audio (pure).
+
+With ``pause_ms`` set, a short silence inside speech is reported as a :class:`SpeechPaused` carrying the
+utterance's audio exactly as :class:`SpeechEnded` will carry it if nobody speaks before ``min_silence_ms``
+(the tail after the last speech window is shorter than the pause): work started at the pause on that audio
+is the work the real end of turn needs. More speech after a pause is a :class:`SpeechResumed`.
+"""
 
 from __future__ import annotations
 
@@ -26,6 +32,8 @@ class TurnConfig:
     min_speech_ms: int = 200
     min_silence_ms: int = 500
     max_utterance_s: float = 30.0
+    pause_ms: int = 0
+    """Silence reported as a pause (a likely end of turn, not yet decided); 0 = never."""
     sample_rate: int = STT_SAMPLE_RATE
 
 
@@ -48,9 +56,24 @@ class SpeechEnded:
     """From the first speech window to the last."""
     forced: bool = False
     """Cut at ``max_utterance_s`` rather than ended by silence."""
+    after_pause: bool = False
+    """A :class:`SpeechPaused` with this very audio came before (no speech since)."""
 
 
-TurnEvent = SpeechStarted | SpeechEnded
+@dataclass(frozen=True)
+class SpeechPaused:
+    """``pause_ms`` of silence after speech: the utterance so far, as it would end if nobody speaks."""
+
+    audio: Audio
+    speech_ms: float
+
+
+@dataclass(frozen=True)
+class SpeechResumed:
+    """Speech again after a :class:`SpeechPaused`: the paused audio is not the utterance after all."""
+
+
+TurnEvent = SpeechStarted | SpeechEnded | SpeechPaused | SpeechResumed
 
 
 class TurnDetector:
@@ -71,6 +94,7 @@ class TurnDetector:
         self.phase = Phase.IDLE
         self._speech_start_win = 0
         self._last_speech_win = 0
+        self._paused = False
         self.last_feed_had_speech = False
 
     @property
@@ -88,8 +112,14 @@ class TurnDetector:
             self._speech_start_win * self.window - self._ms(PRE_ROLL_MS), self._buf_start + self._buf_len
         )
 
+    @property
+    def paused(self) -> bool:
+        """A pause was reported and no speech followed yet."""
+        return self._paused
+
     def reset(self) -> None:
         self.phase = Phase.IDLE
+        self._paused = False
         self._trim_to(self._windows * self.window - self._ms(PRE_ROLL_MS))
 
     def feed(self, audio: Audio, probs: list[float]) -> list[TurnEvent]:
@@ -124,21 +154,35 @@ class TurnDetector:
             elif self.phase is Phase.SPEECH:
                 silence_ms = (win - self._last_speech_win) * self._ms_per_window
                 total_s = (win + 1 - self._speech_start_win) * self._ms_per_window / 1000.0
+                if speaking and self._paused:
+                    self._paused = False
+                    events.append(SpeechResumed())
                 if silence_ms >= cfg.min_silence_ms or total_s >= cfg.max_utterance_s:
                     events.append(self._end(forced=silence_ms < cfg.min_silence_ms))
+                elif cfg.pause_ms and not self._paused and silence_ms >= cfg.pause_ms:
+                    start, end = self._utterance_span()
+                    if end <= (win + 1) * self.window:  # the tail is heard: the audio is final unless resumed
+                        self._paused = True
+                        events.append(SpeechPaused(audio=self._slice(start, end), speech_ms=self.speech_ms))
         if self.phase is Phase.IDLE:
             self._trim_to(self._windows * self.window - self._ms(PRE_ROLL_MS))
         return events
 
-    def _end(self, *, forced: bool) -> SpeechEnded:
+    def _utterance_span(self) -> tuple[int, int]:
+        """Absolute samples of the utterance as it ends by silence now: pre-roll, speech, tail."""
         start = self._speech_start_win * self.window - self._ms(PRE_ROLL_MS)
-        end = (self._last_speech_win + 1) * self.window + self._ms(TAIL_MS)
+        return start, (self._last_speech_win + 1) * self.window + self._ms(TAIL_MS)
+
+    def _end(self, *, forced: bool) -> SpeechEnded:
+        start, end = self._utterance_span()
         if forced:
             end = self._windows * self.window
         audio = self._slice(start, end)
         speech_ms = (self._last_speech_win + 1 - self._speech_start_win) * self._ms_per_window
+        after_pause = self._paused and not forced
         self.phase = Phase.IDLE
-        return SpeechEnded(audio=audio, speech_ms=speech_ms, forced=forced)
+        self._paused = False
+        return SpeechEnded(audio=audio, speech_ms=speech_ms, forced=forced, after_pause=after_pause)
 
     def _ms(self, ms: float) -> int:
         return int(self.config.sample_rate * ms / 1000)

@@ -14,7 +14,15 @@ from dataclasses import dataclass
 
 from voicechat_session.audio import STT_SAMPLE_RATE, Audio, RealTimeBudget, StreamingResampler, pcm16_to_float
 from voicechat_session.backends.loader import ModelSet
-from voicechat_session.endpointing import Phase, SpeechEnded, SpeechStarted, TurnConfig, TurnDetector
+from voicechat_session.endpointing import (
+    Phase,
+    SpeechEnded,
+    SpeechPaused,
+    SpeechResumed,
+    SpeechStarted,
+    TurnConfig,
+    TurnDetector,
+)
 from voicechat_session.pool import Priority
 from voicechat_session.protocol import ErrorCode
 from voicechat_session.serving import Pod
@@ -49,6 +57,24 @@ class Utterance:
     """perf_counter of the last speech heard."""
     decided: float
     """perf_counter when the end was decided."""
+    after_pause: bool = False
+    """The audio is exactly that of the preceding :class:`Paused` (work started there is valid)."""
+
+
+@dataclass(frozen=True)
+class Paused:
+    """A short silence after speech (``speculate_silence_ms``): the utterance as it ends if nobody speaks."""
+
+    audio: Audio
+    speech_ms: float
+    user_end: float
+    at: float
+    """perf_counter of the pause."""
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """Speech again after :class:`Paused`: that audio is not the whole utterance."""
 
 
 @dataclass(frozen=True)
@@ -67,7 +93,7 @@ class Refused:
     fatal: bool = False
 
 
-InputEvent = SpeechBegan | StillSpeaking | Utterance | Partial | Refused
+InputEvent = SpeechBegan | StillSpeaking | Paused | Resumed | Utterance | Partial | Refused
 
 
 class AudioInput:
@@ -98,6 +124,7 @@ class AudioInput:
                 min_speech_ms=s.vad_min_speech_ms,
                 min_silence_ms=s.vad_min_silence_ms,
                 max_utterance_s=s.max_utterance_s,
+                pause_ms=s.speculate_silence_ms,
             ),
             window_samples=self._vad.window_samples,
         )
@@ -146,7 +173,22 @@ class AudioInput:
                 self._utterance_seq += 1
                 self.cancel()
                 user_end = self._last_speech_at if self._last_speech_at is not None else now
-                self.emit(Utterance(event.audio, event.speech_ms, user_end=user_end, decided=now))
+                self.emit(
+                    Utterance(
+                        event.audio,
+                        event.speech_ms,
+                        user_end=user_end,
+                        decided=now,
+                        after_pause=event.after_pause,
+                    )
+                )
+            elif isinstance(event, SpeechPaused):
+                # The final transcription may start now: a partial would only compete with it.
+                self.cancel()
+                user_end = self._last_speech_at if self._last_speech_at is not None else now
+                self.emit(Paused(event.audio, event.speech_ms, user_end=user_end, at=now))
+            elif isinstance(event, SpeechResumed):
+                self.emit(Resumed())
         if detector.phase is Phase.SPEECH:
             self.emit(StillSpeaking(detector.speech_ms))
             self._maybe_partial()
@@ -155,6 +197,7 @@ class AudioInput:
         detector = self._detector
         if (
             not self.partials
+            or not detector.last_feed_had_speech  # silence began: the final transcription comes next
             or self._partial_task is not None
             or detector.speech_ms - self._partial_at_ms < PARTIAL_INTERVAL_MS
             or not self.pod.pool_idle

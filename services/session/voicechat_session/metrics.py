@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from voicechat_common.contracts import ACTIVE_SESSIONS_METRIC
+from voicechat_common.contracts import ACTIVE_SESSIONS_METRIC, SPECULATIONS_METRIC
 
 # Voice latency lives between ~10 ms (a warm connect, one TTS chunk) and a few seconds (a slow turn).
 LATENCY_BUCKETS = (
@@ -76,4 +76,11 @@ MODEL_LOADS_TOTAL = Counter(
     "voicechat_session_model_loads_total",
     "Model sets loaded: once per pod (sharing=pod) or once per connection (sharing=connection).",
     ["scope"],
+)
+SPECULATIONS_TOTAL = Counter(
+    SPECULATIONS_METRIC,
+    "Replies started at a pause before the end of turn was decided, by outcome: committed (the turn ended "
+    "there), discarded (the user spoke again), aborted (reset, typed turn, interrupt or close first), "
+    "saturated (not started: the pod's model pool was busy).",
+    ["outcome"],
 )

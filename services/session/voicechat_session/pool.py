@@ -9,6 +9,7 @@ when an awaiting task is cancelled, so the pool never runs more calls than it ha
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import heapq
 import itertools
@@ -43,6 +44,11 @@ class PriorityPool:
         """No call is running (threads included) or waiting."""
         return self._running == 0 and not any(not gate.done() for _, _, gate in self._waiting)
 
+    @property
+    def waiting(self) -> int:
+        """Calls waiting for a thread."""
+        return sum(1 for _, _, gate in self._waiting if not gate.done())
+
     async def run(self, priority: Priority, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         loop = asyncio.get_running_loop()
         # A free slot implies no live waiter: _release hands slots to waiters before freeing them.
@@ -61,8 +67,13 @@ class PriorityPool:
                 raise
         self._running += 1
         future: Future[T] = self._executor.submit(functools.partial(fn, *args, **kwargs))
-        future.add_done_callback(lambda _f: loop.call_soon_threadsafe(self._finished))
+        future.add_done_callback(lambda _f: self._finished_threadsafe(loop))
         return await asyncio.wrap_future(future)
+
+    def _finished_threadsafe(self, loop: asyncio.AbstractEventLoop) -> None:
+        # A call still running when its loop shut down (process exit, a test's loop) has no slot to free.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(self._finished)
 
     def _finished(self) -> None:
         self._running -= 1

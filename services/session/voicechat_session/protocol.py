@@ -183,8 +183,11 @@ class TurnMetricsMessage(_Message):
     turn_id: int
     source: Literal["voice", "text"]
     endpointing_ms: float | None = None
+    speculation: Literal["hit", "miss", "none"] | None = None
+    speculation_head_start_ms: float | None = None
     stt_ms: float | None = None
     llm_ttft_ms: float | None = None
+    llm_first_phrase_ms: float | None = None
     tts_first_chunk_ms: float | None = None
     time_to_first_audio_ms: float | None = None
     turn_ms: float | None = None

@@ -9,8 +9,10 @@ drops it on ``discard()``; cancelling the turn's task closes its LLM stream.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -18,7 +20,7 @@ from voicechat_session import metrics
 from voicechat_session.audio import Audio, pcm16_chunks
 from voicechat_session.backends.loader import ModelSet
 from voicechat_session.clauses import ClauseSplitter, speakable
-from voicechat_session.history import ConversationHistory
+from voicechat_session.history import ChatMessage, ConversationHistory
 from voicechat_session.llm import LLMError, StreamStats
 from voicechat_session.pool import Priority
 from voicechat_session.protocol import OUTPUT_SAMPLE_RATE, AssistantMessage, ErrorCode, TranscriptMessage
@@ -56,8 +58,16 @@ class HeldOutbox:
     def __init__(self, target: Outbox) -> None:
         self._target = target
         self._held: list[tuple[str, tuple[object, ...]]] = []
+        self._on_commit: list[Callable[[], None]] = []
         self.committed = False
         self.discarded = False
+
+    def on_commit(self, action: Callable[[], None]) -> None:
+        """Run ``action`` at commit, before the held writes pass on (now, if already committed)."""
+        if self.committed:
+            action()
+        elif not self.discarded:
+            self._on_commit.append(action)
 
     def _write(self, method: str, *args: object) -> None:
         if self.discarded:
@@ -83,6 +93,9 @@ class HeldOutbox:
         if self.discarded:
             raise RuntimeError("a discarded outbox cannot be committed")
         self.committed = True
+        actions, self._on_commit = self._on_commit, []
+        for action in actions:
+            action()
         held, self._held = self._held, []
         for method, args in held:
             getattr(self._target, method)(*args)
@@ -90,6 +103,7 @@ class HeldOutbox:
     def discard(self) -> None:
         self.discarded = True
         self._held.clear()
+        self._on_commit.clear()
 
 
 @dataclass
@@ -135,12 +149,11 @@ class TurnRunner:
                 turn.advance(TurnState.SKIPPED)  # noise, not words: no reply
                 return
             turn.advance(TurnState.REPLYING)
-            self.history.add("user", text)
-            metrics.TURNS_TOTAL.labels(source=turn.source).inc()
+            messages = self._enter_history(turn, text, outbox)
             clauses: asyncio.Queue[str | None] = asyncio.Queue()
             audio_out: asyncio.Queue[tuple[int, Audio] | None] = asyncio.Queue(maxsize=TTS_LOOKAHEAD_CLAUSES)
             async with asyncio.TaskGroup() as group:
-                group.create_task(self._produce_text(turn, clauses, outbox))
+                group.create_task(self._produce_text(turn, messages, clauses, outbox))
                 group.create_task(self._synthesize(turn, clauses, audio_out))
                 group.create_task(self._pace(turn, audio_out, outbox))
         except* TtsFailed:
@@ -152,6 +165,26 @@ class TurnRunner:
             if turn.active:
                 turn.advance(TurnState.COMPLETED)
             outbox.end_turn(turn)
+
+    def _enter_history(self, turn: Turn, text: str, outbox: Outbox) -> list[ChatMessage]:
+        """The user's words enter the history, and the LLM gets the history with them.
+
+        A speculative reply (a :class:`HeldOutbox` not yet committed) asks the LLM with the words added to a
+        copy: they enter the real history only at commit, before any of the reply is passed on, so a
+        discarded speculation leaves the history as it was.
+        """
+
+        def enter() -> None:
+            self.history.add("user", text)
+            metrics.TURNS_TOTAL.labels(source=turn.source).inc()
+
+        if isinstance(outbox, HeldOutbox) and not outbox.committed:
+            draft = dataclasses.replace(self.history, turns=list(self.history.turns))
+            draft.add("user", text)
+            outbox.on_commit(enter)
+            return draft.messages()
+        enter()
+        return self.history.messages()
 
     async def _transcribe(self, turn: Turn, outbox: Outbox) -> bool:
         """Voice turns: the utterance → ``turn.text``. False (turn skipped) when transcription failed."""
@@ -172,7 +205,13 @@ class TurnRunner:
         outbox.send(TranscriptMessage(text=text, final=True, turn_id=turn.id))
         return True
 
-    async def _produce_text(self, turn: Turn, clauses: asyncio.Queue[str | None], outbox: Outbox) -> None:
+    async def _produce_text(
+        self,
+        turn: Turn,
+        messages: list[ChatMessage],
+        clauses: asyncio.Queue[str | None],
+        outbox: Outbox,
+    ) -> None:
         splitter = ClauseSplitter()
         stats = StreamStats()
 
@@ -184,15 +223,19 @@ class TurnRunner:
                     metrics.LLM_TTFT_SECONDS.observe(turn.ttft_s)
             outbox.send(AssistantMessage(text=delta, final=False, turn_id=turn.id))
             for clause in splitter.push(delta):
+                if turn.llm_first_phrase_s is None:
+                    turn.llm_first_phrase_s = time.perf_counter() - stats.request_started
                 clauses.put_nowait(clause)
 
         try:
-            await self.pod.llm.stream(self.history.messages(), stats, on_delta)
+            await self.pod.llm.stream(messages, stats, on_delta)
         except LLMError as exc:
             # Tell the client now, and still speak what did arrive (a reply cut by a deadline is better
             # than silence); the turn then ends normally.
             outbox.error(exc.code, str(exc))
         if rest := splitter.flush():
+            if turn.llm_first_phrase_s is None:
+                turn.llm_first_phrase_s = time.perf_counter() - stats.request_started
             clauses.put_nowait(rest)
         clauses.put_nowait(None)
 

@@ -137,6 +137,11 @@ class Pod:
         """No model call is running or queued (partial transcripts only use idle capacity)."""
         return self.pool.idle
 
+    @property
+    def saturated(self) -> bool:
+        """More model calls wait than ``speculate_max_waiting``: no work that may be thrown away starts."""
+        return self.pool.waiting > self.settings.speculate_max_waiting
+
     async def run_model(self, priority: Priority, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a blocking model call in the bounded pool (see :mod:`voicechat_session.pool`)."""
         return await self.pool.run(priority, fn, *args, **kwargs)

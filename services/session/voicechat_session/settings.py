@@ -57,7 +57,15 @@ class SessionSettings(BaseSettings):
 
     # Models: weights loaded once per pod (`pod`) or per connection (`connection`, the slow "before").
     sharing: Literal["pod", "connection"] = Field("pod", description="Where model weights live.")
-    workers: int = Field(0, ge=0, description="Threads for model calls (0 = CPU cores).")
+    workers: int = Field(
+        0, ge=0, description="Model calls at once in the pod's pool (0 = one per 2 CPU cores, at least 1)."
+    )
+    model_threads: int = Field(
+        0,
+        ge=0,
+        description="Compute threads per STT/TTS call (0 = CPU cores / workers): workers x threads never exceeds "
+        "the cores, so a first phrase is not slowed by oversubscription.",
+    )
     stt_backend: Literal["faster-whisper", "fake"] = Field(
         "faster-whisper", description="STT implementation (`fake`: scripted transcripts, no weights)."
     )
@@ -80,6 +88,19 @@ class SessionSettings(BaseSettings):
         30.0, gt=1, le=120, description="An utterance is cut and transcribed here."
     )
     partial_transcripts: bool = Field(True, description="Send partial transcripts while the user speaks.")
+    speculate_silence_ms: int = Field(
+        200,
+        ge=0,
+        le=5000,
+        description="Silence after which the final transcription and the reply start before the end of turn is "
+        "decided (held until then, discarded if the user speaks again); 0 = off; at least vad_min_silence_ms = off.",
+    )
+    speculate_max_waiting: int = Field(
+        1,
+        ge=0,
+        description="No speculative reply starts while more model calls than this wait in the pod's pool "
+        "(the pod is saturated: speculation would only delay others' committed turns).",
+    )
     tts_backend: Literal["kokoro-onnx", "kokoro", "fake"] = Field(
         "kokoro-onnx", description="TTS implementation (`fake`: a tone as long as the text, no weights)."
     )

@@ -24,6 +24,9 @@ from voicechat_session.audio import Audio
 from voicechat_session.protocol import OUTPUT_SAMPLE_RATE, InterruptReason, TurnMetricsMessage
 
 TurnSource = Literal["voice", "text"]
+Speculation = Literal["hit", "miss", "none"]
+"""hit: the reply started at a pause and was committed; miss: replies started at pauses of this utterance
+were discarded (the user went on) and it ran after the end; none: no speculative start."""
 
 
 class TurnState(enum.Enum):
@@ -90,8 +93,13 @@ class Turn:
     # Latency breakdown (seconds).
     stt_s: float | None = None
     ttft_s: float | None = None
+    llm_first_phrase_s: float | None = None
+    """LLM request sent → its first phrase complete (handed to TTS)."""
     tts_first_s: float | None = None
     first_audio_at: float | None = None
+    speculation: Speculation = "none"
+    started_at: float | None = None
+    """perf_counter when the turn's work started: at a pause (speculation hit) or at the decided end."""
 
     def __post_init__(self) -> None:
         if self.audio is not None:
@@ -153,12 +161,18 @@ class Turn:
     def report(self, now: float) -> TurnMetricsMessage:
         """The ``turn_metrics`` message, as of ``now`` (perf_counter)."""
         endpointing = None if self.decided is None else self.decided - self.user_end
+        head_start = None
+        if self.speculation == "hit" and self.decided is not None and self.started_at is not None:
+            head_start = self.decided - self.started_at
         return TurnMetricsMessage(
             turn_id=self.id,
             source=self.source,
             endpointing_ms=_ms(endpointing),
+            speculation=self.speculation if self.source == "voice" else None,
+            speculation_head_start_ms=_ms(head_start),
             stt_ms=_ms(self.stt_s),
             llm_ttft_ms=_ms(self.ttft_s),
+            llm_first_phrase_ms=_ms(self.llm_first_phrase_s),
             tts_first_chunk_ms=_ms(self.tts_first_s),
             time_to_first_audio_ms=_ms(self.time_to_first_audio_s),
             turn_ms=_ms(now - self.user_end),
@@ -172,7 +186,9 @@ class Turn:
             "source": self.source,
             "interrupted": self.interrupt_reason,
             "ttfa_ms": _ms(self.time_to_first_audio_s),
+            "speculation": self.speculation,
             "stt_ms": _ms(self.stt_s),
             "llm_ttft_ms": _ms(self.ttft_s),
+            "llm_first_phrase_ms": _ms(self.llm_first_phrase_s),
             "tts_first_ms": _ms(self.tts_first_s),
         }

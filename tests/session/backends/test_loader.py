@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import pytest
 
@@ -15,9 +16,16 @@ from voicechat_session.backends.base import (
     TextToSpeech,
     VadModel,
 )
-from voicechat_session.backends.faster_whisper_stt import FasterWhisperSTT
+from voicechat_session.backends.faster_whisper_stt import FasterWhisperSTT, WhisperOptions
 from voicechat_session.backends.kokoro_onnx_tts import KokoroOnnxTTS
-from voicechat_session.backends.loader import WARMUP_TEXT, ModelSet, load_models, warm_up, worker_count
+from voicechat_session.backends.loader import (
+    WARMUP_TEXT,
+    ModelSet,
+    load_models,
+    threads_per_call,
+    warm_up,
+    worker_count,
+)
 from voicechat_session.backends.silero_vad import SileroVad
 from voicechat_session.settings import SessionSettings
 
@@ -59,6 +67,22 @@ def test_warm_up_runs_every_stage_on_real_speech(models: ModelSet, settings: Ses
 def test_worker_count() -> None:
     assert worker_count(SessionSettings(workers=3)) == 3
     assert worker_count(SessionSettings(workers=0)) >= 1
+
+
+@pytest.mark.parametrize("cores", [1, 2, 3, 4, 8])
+@pytest.mark.parametrize("workers", [0, 1, 2, 4])
+def test_pool_never_runs_more_compute_threads_than_cores(
+    monkeypatch: pytest.MonkeyPatch, cores: int, workers: int
+) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    settings = SessionSettings(workers=workers)
+    calls, threads = worker_count(settings), threads_per_call(settings)
+    assert threads >= 1
+    assert calls * threads <= max(cores, calls), "oversubscribed (only more calls than cores may exceed)"
+    if workers == 0:
+        assert threads >= min(2, cores), "a call alone gets two cores where there are two"
+    stt = WhisperOptions.from_settings(settings, num_workers=calls)
+    assert calls * stt.cpu_threads <= max(cores, calls)
 
 
 def test_unknown_default_voice_fails_at_load(settings: SessionSettings) -> None:

@@ -50,7 +50,7 @@ class WhisperOptions:
             model=resolve_model(settings.stt_model),
             device=settings.stt_device,
             compute_type=settings.stt_compute_type,
-            cpu_threads=settings.stt_threads or default_cpu_threads(),
+            cpu_threads=settings.stt_threads or settings.model_threads or default_cpu_threads(num_workers),
             num_workers=num_workers,
             language=settings.stt_language or None,
             beam_size=settings.stt_beam_size,
@@ -58,9 +58,10 @@ class WhisperOptions:
         )
 
 
-def default_cpu_threads() -> int:
-    # CTranslate2 defaults to 4 threads, which oversubscribes small pods; use the cores, up to 4.
-    return max(1, min(4, os.cpu_count() or 1))
+def default_cpu_threads(num_workers: int = 1) -> int:
+    # CTranslate2 defaults to 4 threads per worker, which oversubscribes small pods: share the cores out
+    # over the parallel transcriptions, up to 4 each.
+    return max(1, min(4, (os.cpu_count() or 1) // max(1, num_workers)))
 
 
 def resolve_model(configured: str | None) -> str:

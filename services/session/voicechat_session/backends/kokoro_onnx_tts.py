@@ -39,9 +39,11 @@ class KokoroOnnxOptions:
     voices_path: Path
     lang: str = "en-us"
     device: str = "cpu"
+    threads: int = 0
+    """ONNX Runtime intra-op threads per call (0 = its default: all cores)."""
 
     @classmethod
-    def from_settings(cls, settings: SessionSettings) -> KokoroOnnxOptions:
+    def from_settings(cls, settings: SessionSettings, threads: int = 0) -> KokoroOnnxOptions:
         model = settings.tts_model_path or kokoro_model_path(settings.model_cache_dir)
         voices = settings.tts_voices_path or kokoro_voices_path()
         for what, path in (("model", model), ("voices", voices)):
@@ -52,6 +54,7 @@ class KokoroOnnxOptions:
             voices_path=Path(voices),
             lang=settings.tts_lang,
             device=settings.tts_device,
+            threads=threads,
         )
 
 
@@ -93,6 +96,8 @@ class KokoroOnnxTTS:
         self.options = options
         session_options = ort.SessionOptions()
         session_options.log_severity_level = 3
+        if options.threads:
+            session_options.intra_op_num_threads = options.threads
         session = ort.InferenceSession(
             str(options.model_path),
             sess_options=session_options,

@@ -39,8 +39,17 @@ class ModelSet:
 
 
 def worker_count(settings: SessionSettings) -> int:
-    """Size of the pod's pool for model calls (``workers``, or the CPU cores when 0)."""
-    return settings.workers or os.cpu_count() or 1
+    """Size of the pod's pool for model calls (``workers``, or one per two CPU cores when 0).
+
+    Two threads per call: one user's transcription or first phrase runs at nearly full speed, and the pool's
+    priorities (first audio before the rest of a reply) decide the order when users overlap.
+    """
+    return settings.workers or max(1, (os.cpu_count() or 1) // 2)
+
+
+def threads_per_call(settings: SessionSettings) -> int:
+    """Compute threads of one STT/TTS call: the cores shared out over the pool's calls (never more)."""
+    return settings.model_threads or max(1, (os.cpu_count() or 1) // worker_count(settings))
 
 
 def load_stt(settings: SessionSettings) -> SpeechToText:
@@ -63,7 +72,7 @@ def load_tts(settings: SessionSettings) -> TextToSpeech:
     elif settings.tts_backend == "kokoro-onnx":
         from voicechat_session.backends.kokoro_onnx_tts import KokoroOnnxOptions, KokoroOnnxTTS
 
-        tts = KokoroOnnxTTS(KokoroOnnxOptions.from_settings(settings))
+        tts = KokoroOnnxTTS(KokoroOnnxOptions.from_settings(settings, threads=threads_per_call(settings)))
     else:
         from voicechat_session.backends.kokoro_torch_tts import KokoroTorchOptions, KokoroTorchTTS
 

@@ -4,11 +4,19 @@
 import { fmtMs } from "./format.js";
 
 const METRIC_PARTS = [
+  ["endpointing_ms", "End of turn", "Silence after your last word until the end of your turn was decided"],
   ["stt_ms", "STT", "Speech-to-text time for your utterance"],
   ["llm_ttft_ms", "LLM first token", "Time until the language model produced its first token"],
-  ["tts_first_chunk_ms", "TTS first chunk", "Time to synthesise the first audio chunk"],
+  ["llm_first_phrase_ms", "LLM first phrase", "Time until the language model completed the first phrase"],
+  ["tts_first_chunk_ms", "TTS first phrase", "Time to synthesise the first phrase"],
   ["time_to_first_audio_ms", "First audio", "From the end of your turn to the first audio sent"],
 ];
+
+// The speculative start (work begun at a short pause, before the end of turn was decided).
+const SPECULATION_TEXT = {
+  hit: ["early start", "The reply started at a pause before your turn was over, and was used"],
+  miss: ["early start missed", "A reply started at a pause was dropped because you went on speaking"],
+};
 
 // Screen readers announce a message once it is complete (aria-busy), not every streamed word.
 function setStreaming(body, on, cls = "streaming") {
@@ -128,6 +136,20 @@ export class ConversationView {
       const figure = document.createElement("b");
       figure.textContent = value;
       part.append(`${label} `, figure);
+      view.metrics.appendChild(part);
+    }
+    const speculation = SPECULATION_TEXT[msg.speculation];
+    if (speculation) {
+      const part = document.createElement("span");
+      part.title = speculation[1];
+      part.dataset.metric = "speculation";
+      if (msg.speculation_head_start_ms != null) {
+        const figure = document.createElement("b");
+        figure.textContent = fmtMs(msg.speculation_head_start_ms);
+        part.append(`${speculation[0]} `, figure);
+      } else {
+        part.append(speculation[0]);
+      }
       view.metrics.appendChild(part);
     }
     if (msg.interrupted) view.root.classList.add("interrupted");
