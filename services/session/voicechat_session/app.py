@@ -7,12 +7,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import uvicorn
 from fastapi import FastAPI, Response, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
@@ -59,9 +60,14 @@ def create_app(settings: SessionSettings) -> FastAPI:
             log.exception("the session service could not start")
             await pod.close()
             raise
+        internal = await _start_internal_server(settings) if settings.internal_port is not None else None
         try:
             yield
         finally:
+            if internal is not None:
+                internal[0].should_exit = True
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(internal[1], 10.0)
             await pod.close()
 
     app = FastAPI(
@@ -88,9 +94,9 @@ def create_app(settings: SessionSettings) -> FastAPI:
             return JSONResponse({"ready": False, "reason": refusal[1]}, status_code=503)
         return JSONResponse({"ready": True, "sessions": len(registry)})
 
-    @app.get("/metrics")
-    async def prometheus_metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    if settings.internal_port is None:
+        # The local stack and the design's `GET /metrics` on the main port; a pod sets internal_port instead.
+        app.add_api_route("/metrics", prometheus_metrics, methods=["GET"])
 
     @app.get("/api/info")
     async def info() -> dict[str, Any]:
@@ -117,6 +123,41 @@ def create_app(settings: SessionSettings) -> FastAPI:
             return "The browser client is not installed (voicechat_session/static/ is missing); use WS /ws.\n"
 
     return app
+
+
+async def prometheus_metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def internal_app() -> FastAPI:
+    """What only the cluster should see (Prometheus), on ``internal_port``."""
+    app = FastAPI(title="VoiceChat session internals", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_api_route("/metrics", prometheus_metrics, methods=["GET"])
+    return app
+
+
+async def _start_internal_server(settings: SessionSettings) -> tuple[uvicorn.Server, asyncio.Task[None]]:
+    config = uvicorn.Config(
+        internal_app(), host=settings.host, port=settings.internal_port or 0, log_config=None, lifespan="off"
+    )
+    server = _QuietServer(config)
+    task = asyncio.create_task(server.serve(), name="internal-server")
+    async with asyncio.timeout(10.0):
+        while not server.started:
+            if task.done():
+                task.result()
+                raise OSError(f"the internal port {settings.internal_port} could not be served")
+            await asyncio.sleep(0.01)
+    log.info("internal endpoints listening", extra={"port": settings.internal_port})
+    return server, task
+
+
+class _QuietServer(uvicorn.Server):
+    """The second server leaves signal handling to the main one."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 class Gate:
