@@ -7,55 +7,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
-import time
-from collections.abc import AsyncIterator
 
 import websockets
 
+from tests.support.abuse import flood, non_reading_client, wait_until
 from tests.support.fake_llm import FakeLLM
 from tests.support.resources import rss_bytes
 from tests.support.session_app import metric, session_app
 from tests.support.ws_client import VoiceChatClient
 from voicechat_session.protocol import CloseCode
-
-
-async def wait_until(condition: object, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-@contextlib.asynccontextmanager
-async def non_reading_client(ws_url: str) -> AsyncIterator[websockets.ClientConnection]:
-    """A WebSocket client that stops reading at once: a tiny receive buffer and a one-frame queue, so the
-    server's sends soon block on a full TCP window."""
-    host, port = ws_url.removeprefix("ws://").split("/")[0].split(":")
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
-    ws = await websockets.connect(ws_url, sock=sock, max_queue=1, ping_interval=None, close_timeout=0.1)
-    try:
-        yield ws
-    finally:
-        ws.transport.abort()
-
-
-async def flood(ws: websockets.ClientConnection, seconds: float) -> int:
-    """Send small requests with large answers (the history) until the server drops the connection."""
-    sent = 0
-    deadline = time.monotonic() + seconds
-    with contextlib.suppress(websockets.ConnectionClosed, OSError):
-        while time.monotonic() < deadline:
-            for _ in range(50):
-                await ws.send('{"type": "get_history"}')
-                sent += 1
-            await asyncio.sleep(0)
-    return sent
-
 
 ABORT_REASONS = ("send_timeout", "output_overflow", "close_timeout")
 
@@ -152,3 +112,26 @@ async def test_half_open_http_connections_are_dropped() -> None:
         for _, writer in streams:
             writer.close()
         assert metric("voicechat_session_slow_handshakes_total") == before + 20
+
+
+TEXTS = 20
+
+
+async def test_superseded_texts_never_make_an_oversized_llm_message() -> None:
+    """Issue 13: 60 texts whose replies were superseded made one 119,089-character user message (budget
+    8,000). Now every message sent to the LLM stays within history_max_chars (here 20 x 2,000 characters)."""
+    llm = FakeLLM(first_token_delay_s=0.3)
+    async with (
+        session_app(
+            llm, max_turns_per_min=1000, max_llm_tokens_per_min=1_000_000, max_errors_per_s=100
+        ) as service,
+        VoiceChatClient.connect(service.ws_url) as client,
+    ):
+        for i in range(TEXTS):
+            await client.send({"type": "text", "text": f"{i} " + "t" * 1990})
+            # Superseded only once its request reached the LLM: each reply is cut before a word of it.
+            await wait_until(lambda: len(service.llm.requests) > i, 20, f"LLM request {i + 1}")  # noqa: B023
+        await client.wait_for("turn_metrics", turn_id=TEXTS, timeout_s=60)
+        largest = max(len(m["content"]) for r in service.llm.requests for m in r["messages"][1:])
+        assert largest <= service.settings.history_max_chars
+        print(f"largest message sent to the LLM: {largest} characters ({len(service.llm.requests)} requests)")
