@@ -10,7 +10,13 @@ const MAX_SEND_BACKLOG_BYTES = 256 * 1024; // a stalled socket drops mic audio i
 const RECONNECT_WHY = { server_full: "Server busy", shutting_down: "Server restarting", not_ready: "Server starting" };
 
 // Closes after which reconnecting on our own would only repeat the problem: wait for the person.
-const NO_AUTO_RECONNECT = new Set(["idle_timeout", "session_expired", "audio_too_fast", "frame_too_large"]);
+const NO_AUTO_RECONNECT = new Set([
+  "idle_timeout",
+  "session_expired",
+  "audio_too_fast",
+  "frame_too_large",
+  "forbidden_origin",
+]);
 
 // The socket's URL: the page's own server, relative to the page (so the client works behind a path prefix),
 // wss:// whenever the page is https. An `override` (the page's ?ws=) may only pick another path on that same
