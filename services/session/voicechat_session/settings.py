@@ -192,7 +192,7 @@ class SessionSettings(BaseSettings):
         None,
         ge=1,
         le=65535,
-        description="Port for /metrics and the full /api/info (not public); unset: /metrics on the main port.",
+        description="Port for /metrics (cluster-internal); unset: /metrics on the main port (local stack).",
     )
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
