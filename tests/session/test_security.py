@@ -176,6 +176,8 @@ def test_mint_cli_prints_a_token_the_service_accepts(
     assert identity.subject == "alice"
     assert identity.limits.turns_per_min == 3
     assert auth.mint_main(["--key-file", str(tmp_path / "missing"), "--subject", "a"]) == 2
+    (tmp_path / "short").write_text("tiny")
+    assert auth.mint_main(["--key-file", str(tmp_path / "short"), "--subject", "a"]) == 2
 
 
 @pytest.mark.parametrize(

@@ -28,6 +28,7 @@ SUBPROTOCOL = "voicechat"
 TOKEN_PREFIX = "token."
 ALGORITHMS_SHARED = ["HS256"]
 ALGORITHMS_PUBLIC = ["RS256", "ES256"]
+MIN_KEY_BYTES = 32
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
@@ -201,6 +202,9 @@ def mint_main(argv: list[str] | None = None) -> int:
         )
     except (OSError, ValidationError) as exc:
         sys.stderr.write(f"voicechat-token: {' '.join(str(exc).split())}\n")
+        return 2
+    if len(key) < MIN_KEY_BYTES:
+        sys.stderr.write(f"voicechat-token: the key needs at least {MIN_KEY_BYTES} bytes\n")
         return 2
     token = mint_token(
         key, args.subject, ttl_s=args.ttl, audience=args.audience, issuer=args.issuer, limits=limits
