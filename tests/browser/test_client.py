@@ -56,7 +56,8 @@ def state(page: Page) -> dict[str, Any]:
 def wait_until(page: Page, expression: str, timeout_s: float, what: str) -> None:
     """Wait for a JavaScript condition on the page; fail with the page's state if it never holds."""
     try:
-        page.wait_for_function(expression, timeout=timeout_s * 1000, polling=50)
+        # As a function: the service's CSP refuses the eval() Playwright uses for a bare expression.
+        page.wait_for_function(f"() => ({expression})", timeout=timeout_s * 1000, polling=50)
     except PlaywrightTimeout:
         pytest.fail(f"{what}: not within {timeout_s:.0f}s. Page state: {json.dumps(state(page))[:3000]}")
 

@@ -71,7 +71,6 @@ async def test_typed_turn_streams_a_reply_and_records_history(service: InProcess
         order = [k for k in kinds(client) if k != "<audio>"]
         assert order.index("audio_start") < order.index("audio_end") < order.index("turn_metrics")
         assert await client.history() == [
-            {"role": "system", "content": service.pod.system_prompt},
             {"role": "user", "content": "Where is Paris?"},
             {"role": "assistant", "content": SHORT_REPLY},
         ]
@@ -110,7 +109,7 @@ async def test_noise_is_not_a_turn() -> None:
         await client.stream_audio(utterance_tone(0, 0.6, RATE, amplitude=0.005), RATE, trailing_silence_s=0.8)
         transcript = await client.wait_for("transcript", final=True, timeout_s=10)
         assert transcript["text"] == ""
-        assert await client.history() == [{"role": "system", "content": service.pod.system_prompt}]
+        assert await client.history() == []
         assert "assistant" not in kinds(client)
         assert "turn_metrics" not in kinds(client)
         assert service.llm.requests == []
@@ -167,7 +166,7 @@ async def test_barge_in_stops_audio_and_keeps_only_what_was_sent(service: InProc
         second = client.turn_result(audio_start["turn_id"] + 1)
         assert second.transcript == SCRIPT[1]
         history = await client.history()
-        assert [m["content"] for m in history[1:4]] == ["Tell me a story.", first.assistant_final, SCRIPT[1]]
+        assert [m["content"] for m in history[0:3]] == ["Tell me a story.", first.assistant_final, SCRIPT[1]]
     assert metric("voicechat_session_interruptions_total", reason="barge_in") >= 1
 
 
@@ -228,7 +227,7 @@ async def test_a_new_typed_turn_supersedes_the_current_one(service: InProcessSer
         first = client.turn_result(1)
         history = await client.history()
         # In order: the first reply (as far as it was sent) before the second question.
-        assert [m["content"] for m in history[1:]] == [
+        assert [m["content"] for m in history] == [
             "Tell me a story.",
             first.assistant_final,
             "Where is Paris?",
@@ -254,7 +253,7 @@ async def test_speech_before_the_last_utterance_is_transcribed_joins_it() -> Non
         transcripts = [e for e in client.events if isinstance(e, dict) and e["type"] == "transcript"]
         assert [(t["turn_id"], t["text"]) for t in transcripts] == [(2, SCRIPT[2])]
         history = await client.history()
-        assert [m["role"] for m in history] == ["system", "user", "assistant"]
+        assert [m["role"] for m in history] == ["user", "assistant"]
         assert service.llm.requests[-1]["messages"][-1]["content"] == SCRIPT[2]
 
 
@@ -271,7 +270,7 @@ async def test_reset_interrupts_and_clears_history(service: InProcessService) ->
         await client.wait_for("history_cleared", after=mark, timeout_s=10)
         await client.wait_turn(after=mark, timeout_s=10)
         # The interrupted reply does not come back into the cleared history.
-        assert await client.history() == [{"role": "system", "content": service.pod.system_prompt}]
+        assert await client.history() == []
         mark = len(client.events)
         await client.send({"type": "text", "text": "Where is Paris?"})
         await client.wait_turn(after=mark, timeout_s=20)

@@ -71,10 +71,17 @@ class VoiceChatClient:
     @classmethod
     @contextlib.asynccontextmanager
     async def connect(
-        cls, url: str, *, timeout_s: float = 30.0, wait_ready: bool = True, max_size: int | None = 2**24
+        cls,
+        url: str,
+        *,
+        timeout_s: float = 30.0,
+        wait_ready: bool = True,
+        max_size: int | None = 2**24,
+        **options: Any,
     ) -> AsyncIterator[VoiceChatClient]:
+        """``options`` go to ``websockets.connect`` (``subprotocols``, ``origin``, ``additional_headers``)."""
         started = time.perf_counter()
-        ws = await asyncio.wait_for(websockets.connect(url, max_size=max_size), timeout_s)
+        ws = await asyncio.wait_for(websockets.connect(url, max_size=max_size, **options), timeout_s)
         client = cls(ws, started)
         try:
             if wait_ready:

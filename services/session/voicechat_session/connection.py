@@ -26,8 +26,10 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from voicechat_session import metrics
 from voicechat_session.audio import STT_SAMPLE_RATE, Audio
+from voicechat_session.auth import ANONYMOUS, Identity
 from voicechat_session.backends.loader import ModelSet, load_models
 from voicechat_session.history import ConversationHistory
+from voicechat_session.limits import SessionRates
 from voicechat_session.listen import (
     AudioInput,
     InputEvent,
@@ -67,6 +69,7 @@ from voicechat_session.protocol import (
     describe_validation_error,
 )
 from voicechat_session.reply import HeldOutbox, TurnRunner, Voice
+from voicechat_session.security import abort_transport
 from voicechat_session.serving import Pod
 from voicechat_session.speculation import Speculation
 from voicechat_session.speculation import count as count_speculation
@@ -96,17 +99,31 @@ class _Close:
     reason: str
 
 
-_Outgoing = BaseModel | _AudioOut | _TurnEnd | _Close
+@dataclass(frozen=True)
+class _Text:
+    """A server message, serialized when queued (so its size counts against ``max_output_bytes``)."""
+
+    json: str
+
+
+@dataclass(frozen=True)
+class _History:
+    """Send the history as it is when the sender gets here (repeated requests coalesce into one)."""
+
+
+_Outgoing = BaseModel | _AudioOut | _TurnEnd | _Close | _Text | _History
 """A server message, or an instruction to the sender loop."""
 
 
 class Connection:
     """A session: the :class:`~voicechat_session.reply.Outbox` of its turns and the registry's ``Session``."""
 
-    def __init__(self, pod: Pod, websocket: WebSocket) -> None:
+    def __init__(self, pod: Pod, websocket: WebSocket, identity: Identity = ANONYMOUS) -> None:
         self.pod = pod
         self.settings = pod.settings
         self.ws = websocket
+        self.identity = identity
+        self.rates = SessionRates(self.settings, identity)
         self.session_id = uuid.uuid4().hex[:16]
         self.opened_at = time.monotonic()
         self.last_activity = self.opened_at
@@ -124,6 +141,10 @@ class Connection:
         self._speculation: Speculation | None = None
         self._speculation_missed = False  # a speculation of the current utterance was discarded
         self._outbox: asyncio.Queue[_Outgoing] = asyncio.Queue()
+        self._queued_bytes = 0  # bytes of audio and messages in _outbox: bounded by max_output_bytes
+        self._history_queued = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self.aborted: str | None = None
         self._last_error_at: dict[str, float] = {}
         self._closing = False
         self.draining = False
@@ -140,7 +161,7 @@ class Connection:
             sender = asyncio.create_task(self._send_loop(), name=f"send-{self.session_id}")
             receiver = asyncio.create_task(self._receive_loop(), name=f"recv-{self.session_id}")
             watchdog = asyncio.create_task(self._watchdog(), name=f"watch-{self.session_id}")
-            tasks = [sender, receiver, watchdog]
+            tasks = self._tasks = [sender, receiver, watchdog]
             await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             await self._cleanup(tasks)
@@ -193,9 +214,14 @@ class Connection:
         await asyncio.gather(*pending, return_exceptions=True)
         if self.turn is not None and not self.turn.finalized.done():
             self.turn.finalized.set_result(None)
-        if self.ws.application_state is WebSocketState.CONNECTED:
-            with contextlib.suppress(RuntimeError, WebSocketDisconnect, OSError):
-                await self.ws.close(CloseCode.NORMAL)
+        if self.ws.application_state is WebSocketState.CONNECTED and self.aborted is None:
+            try:
+                async with asyncio.timeout(self.settings.send_timeout_s):
+                    await self.ws.close(CloseCode.NORMAL)
+            except TimeoutError:
+                self._abort("send_timeout")
+            except (RuntimeError, WebSocketDisconnect, OSError):
+                pass
         self.closed.set()
         log.info(
             "session closed",
@@ -218,6 +244,32 @@ class Connection:
         if error is not None:
             self._error(error, message or reason, fatal=True)
         self._outbox.put_nowait(_Close(code, reason[:120]))
+        # The close waits behind queued output; a client that does not read must not hold it off forever.
+        asyncio.get_running_loop().call_later(self.settings.send_timeout_s * 2, self._close_deadline)
+
+    def _close_deadline(self) -> None:
+        if not self.closed.is_set() and self.aborted is None:
+            self._abort("close_timeout")
+
+    def _abort(self, reason: str) -> None:
+        """Drop the connection now, without the client's cooperation: it stopped reading (the output bound
+        or a send deadline hit). The tasks end, the session unregisters; nothing more is queued."""
+        if self.aborted is not None:
+            return
+        self.aborted = reason
+        self._closing = True
+        metrics.SESSIONS_ABORTED_TOTAL.labels(reason=reason).inc()
+        log.warning(
+            "session aborted",
+            extra={"session_id": self.session_id, "reason": reason, "queued_bytes": self._queued_bytes},
+        )
+        abort_transport(self.ws.scope)
+        for task in self._tasks:
+            task.cancel()
+        # What was queued is dropped at once (the memory is the point).
+        while not self._outbox.empty():
+            self._outbox.get_nowait()
+        self._queued_bytes = 0
 
     async def drain(self, grace_s: float) -> None:
         """SIGTERM: no new turns; the turn in progress may finish within ``grace_s``; then close 1001."""
@@ -262,18 +314,52 @@ class Connection:
 
     # ---------------------------------------------------------------------------------- output (Outbox)
     def send(self, message: _Outgoing) -> None:
-        self._outbox.put_nowait(message)
+        if isinstance(message, BaseModel):
+            text = message.model_dump_json()
+            self._enqueue(_Text(text), len(text))
+        else:
+            self._enqueue(message, 0)
 
     def send_audio(self, turn: Turn, clause: int, data: bytes) -> None:
-        self._outbox.put_nowait(_AudioOut(turn, clause, data))
+        self._enqueue(_AudioOut(turn, clause, data), len(data))
 
     def end_turn(self, turn: Turn) -> None:
-        self._outbox.put_nowait(_TurnEnd(turn))
+        self._enqueue(_TurnEnd(turn), 0)
+
+    def _enqueue(self, item: _Outgoing, size: int) -> None:
+        if self.aborted is not None:
+            return
+        if self._queued_bytes + size > self.settings.max_output_bytes:
+            self._abort("output_overflow")
+            return
+        self._queued_bytes += size
+        self._outbox.put_nowait(item)
+
+    @staticmethod
+    def _size(item: _Outgoing) -> int:
+        if isinstance(item, _Text):
+            return len(item.json)
+        if isinstance(item, _AudioOut):
+            return len(item.data)
+        return 0
 
     def error(self, code: ErrorCode, message: str) -> None:
         self._error(code, message)
 
     def _error(self, code: ErrorCode, message: str, *, fatal: bool = False) -> None:
+        if not fatal:
+            # A flood of bad input must not become a flood of error events and log lines.
+            show, close = self.rates.error()
+            if close:
+                self.close(
+                    CloseCode.POLICY_VIOLATION,
+                    "too many errors",
+                    "rate_limited",
+                    f"more than {self.settings.max_errors_per_min} errors a minute",
+                )
+                return
+            if not show:
+                return
         metrics.ERRORS_TOTAL.labels(code=code).inc()
         log.info("client error", extra={"session_id": self.session_id, "code": code, "error": message})
         self.send(ErrorMessage(code=code, message=message, fatal=fatal))
@@ -289,15 +375,24 @@ class Connection:
         try:
             while True:
                 item = await self._outbox.get()
-                if isinstance(item, _AudioOut):
-                    await self._send_audio(item)
-                elif isinstance(item, _TurnEnd):
-                    await self._finalize_turn(item.turn)
-                elif isinstance(item, _Close):
-                    await self.ws.close(item.code, item.reason)
-                    return
-                else:
-                    await self.ws.send_text(item.model_dump_json())
+                self._queued_bytes -= self._size(item)
+                async with asyncio.timeout(self.settings.send_timeout_s):
+                    if isinstance(item, _AudioOut):
+                        await self._send_audio(item)
+                    elif isinstance(item, _TurnEnd):
+                        await self._finalize_turn(item.turn)
+                    elif isinstance(item, _Close):
+                        await self.ws.close(item.code, item.reason)
+                        return
+                    elif isinstance(item, _Text):
+                        await self.ws.send_text(item.json)
+                    elif isinstance(item, _History):
+                        self._history_queued = False
+                        await self._send_now(self._history_message())
+                    else:
+                        await self.ws.send_text(item.model_dump_json())
+        except TimeoutError:
+            self._abort("send_timeout")
         except (WebSocketDisconnect, RuntimeError, OSError) as exc:
             # The peer went away mid-send; the receive loop sees the disconnect too.
             log.info("send failed", extra={"session_id": self.session_id, "error": repr(exc)})
@@ -394,9 +489,15 @@ class Connection:
             self._on_reset()
         elif isinstance(message, ConfigureMessage):
             self._on_configure(message.voice, message.speed)
-        elif isinstance(message, GetHistoryMessage):
-            entries = [HistoryEntry(role=m.role, content=m.content) for m in self.history.messages()]
-            self.send(HistoryMessage(messages=entries))
+        elif isinstance(message, GetHistoryMessage) and not self._history_queued:
+            # One answer per batch of requests the client has not yet read.
+            self._history_queued = True
+            self.send(_History())
+
+    def _history_message(self) -> HistoryMessage:
+        """The conversation (budget applied), without the system prompt: it is the operator's, not the user's."""
+        entries = [HistoryEntry(role=m.role, content=m.content) for m in self.history.turns]
+        return HistoryMessage(messages=entries)
 
     def _check_voice(self, voice: str | None) -> bool:
         if voice is not None and voice not in self.pod.voices:
@@ -502,6 +603,10 @@ class Connection:
             self._error("shutting_down", "the server is shutting down; no new turns")
             return
         assert self._runner is not None
+        refusal = self.rates.turn_refusal()
+        if refusal is not None:
+            self._error("rate_limited", refusal)
+            return
         previous = self.turn
         if previous is not None and previous.active:
             if audio is not None and previous.audio is not None:

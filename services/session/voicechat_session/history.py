@@ -34,6 +34,11 @@ class ConversationHistory:
         # chat templates insist on alternating roles.
         if self.turns and self.turns[-1].role == role:
             content = f"{self.turns[-1].content}\n{content}"
+        # No message exceeds the budget: a merged run of user turns keeps its newest words (what the user
+        # said last), so superseded turns cannot grow one message without bound.
+        if len(content) > self.max_chars:
+            content = content[-self.max_chars :].lstrip()
+        if self.turns and self.turns[-1].role == role:
             self.turns[-1] = ChatMessage(role, content)
         else:
             self.turns.append(ChatMessage(role, content))
@@ -50,7 +55,7 @@ class ConversationHistory:
             chars = sum(len(m.content) for m in self.turns)
             return len(self.turns) + 1 > self.max_messages or chars > self.max_chars
 
-        # The newest message always stays, whatever its size.
+        # The newest message always stays (it fits: see add).
         while len(self.turns) > 1 and over():
             self.turns.pop(0)
         # A conversation opens with the user (chat templates expect it).

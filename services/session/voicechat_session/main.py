@@ -15,6 +15,8 @@ from pydantic_settings import CliApp, SettingsError
 
 from voicechat_common.logging import configure_logging
 from voicechat_session.app import create_app
+from voicechat_session.auth import AuthConfigError, startup_refusal
+from voicechat_session.handshake import guarded_protocol
 from voicechat_session.registry import SessionRegistry
 from voicechat_session.settings import SessionSettings
 
@@ -61,6 +63,10 @@ def uvicorn_config(app: FastAPI, settings: SessionSettings) -> uvicorn.Config:
         ws_max_size=settings.max_frame_bytes * WS_MAX_SIZE_FACTOR,
         ws_ping_interval=20.0,
         ws_ping_timeout=20.0,
+        http=guarded_protocol(settings.handshake_timeout_s),
+        timeout_keep_alive=min(5, int(settings.handshake_timeout_s) or 1),
+        h11_max_incomplete_event_size=16 * 1024,
+        server_header=False,
         timeout_graceful_shutdown=5,
         lifespan="on",
     )
@@ -79,8 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_level, settings.log_format)
     try:
         app = create_app(settings)
-    except OSError as exc:  # e.g. an unreadable system_prompt_file
+    except (OSError, AuthConfigError) as exc:  # e.g. an unreadable system_prompt_file or auth key
         sys.stderr.write(f"voicechat-session: invalid configuration: {_one_line(exc)}\n")
+        return 2
+    refusal = startup_refusal(settings, app.state.gate.verifier)
+    if refusal is not None:
+        sys.stderr.write(f"voicechat-session: {refusal}\n")
         return 2
     server = DrainingServer(uvicorn_config(app, settings), app.state.registry)
     try:

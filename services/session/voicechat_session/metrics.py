@@ -84,3 +84,22 @@ SPECULATIONS_TOTAL = Counter(
     "saturated (not started: the pod's model pool was busy).",
     ["outcome"],
 )
+LIMITS_HIT_TOTAL = Counter(
+    "voicechat_session_limits_hit_total", "Per-client limits that refused something.", ["limit"]
+)
+ERRORS_SUPPRESSED_TOTAL = Counter(
+    "voicechat_session_errors_suppressed_total", "Error events not sent: over max_errors_per_s."
+)
+AUTH_FAILURES_TOTAL = Counter(
+    "voicechat_session_auth_failures_total",
+    "Connections refused for a missing or bad token or Origin.",
+    ["reason"],
+)
+SESSIONS_ABORTED_TOTAL = Counter(
+    "voicechat_session_aborted_total",
+    "Sessions whose transport was aborted (client not reading: output bound or send timeout).",
+    ["reason"],
+)
+SLOW_HANDSHAKES_TOTAL = Counter(
+    "voicechat_session_slow_handshakes_total", "Connections dropped for not sending a request head in time."
+)

@@ -139,7 +139,7 @@ class HistoryEntry(_Message):
 
 
 class HistoryMessage(_Message):
-    """The conversation as the LLM will see it next turn (system prompt first, budget applied)."""
+    """The conversation as the LLM will see it next turn (budget applied), without the system prompt."""
 
     type: Literal["history"] = "history"
     messages: list[HistoryEntry]
@@ -166,6 +166,10 @@ ErrorCode = Literal[
     "session_expired",
     "shutting_down",
     "internal",
+    "unauthorized",
+    "forbidden_origin",
+    "rate_limited",
+    "too_many_sessions",
 ]
 
 
@@ -224,6 +228,15 @@ class CloseCode:
     TRY_AGAIN_LATER = 1013  # pod at max_sessions
     IDLE_TIMEOUT = 4000
     SESSION_EXPIRED = 4001
+    UNAUTHORIZED = 4003  # no, bad or expired access token; or a foreign Origin
+
+
+class AuthMessage(_Message):
+    """The access token, as the first message, when the client cannot put it in the WebSocket subprotocol
+    (``voicechat, token.<jwt>``). Only accepted before ``ready``; see :mod:`voicechat_session.auth`."""
+
+    type: Literal["auth"] = "auth"
+    token: str = Field(min_length=1, max_length=8192)
 
 
 def describe_validation_error(exc: ValidationError) -> tuple[ErrorCode, str]:

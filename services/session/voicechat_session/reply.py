@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -33,6 +34,13 @@ TTS_LOOKAHEAD_CLAUSES = 2
 """Clauses synthesised ahead of playback: enough to hide TTS time, little to throw away on barge-in."""
 
 ReplyEvent = TranscriptMessage | AssistantMessage
+
+
+LLM_ERROR_TEXT: dict[ErrorCode, str] = {
+    "llm_unavailable": "the language model is unavailable; try again shortly",
+    "llm_timeout": "the language model took too long to answer",
+    "llm_error": "the language model failed to answer",
+}
 
 
 class Outbox(Protocol):
@@ -232,7 +240,14 @@ class TurnRunner:
         except LLMError as exc:
             # Tell the client now, and still speak what did arrive (a reply cut by a deadline is better
             # than silence); the turn then ends normally.
-            outbox.error(exc.code, str(exc))
+            # The client gets a generic message and a correlation id; the LLM's body and URL stay in the log.
+            ref = uuid.uuid4().hex[:12]
+            log.warning(
+                "LLM request failed",
+                extra={"session_id": self.session_id, "turn_id": turn.id, "ref": ref, "error": str(exc)},
+            )
+            text = LLM_ERROR_TEXT.get(exc.code, "the language model failed to answer")
+            outbox.error(exc.code, f"{text} (ref {ref})")
         if rest := splitter.flush():
             if turn.llm_first_phrase_s is None:
                 turn.llm_first_phrase_s = time.perf_counter() - stats.request_started

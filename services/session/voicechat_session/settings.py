@@ -146,5 +146,75 @@ class SessionSettings(BaseSettings):
     max_session_s: float = Field(3600.0, gt=0, description="Close a session this old.")
     drain_grace_s: float = Field(20.0, ge=0, description="SIGTERM: time open sessions get to finish a turn.")
 
+    max_output_bytes: int = Field(
+        4_000_000,
+        ge=65_536,
+        description="Bytes queued for one client (audio + messages); more means it stopped reading: closed.",
+    )
+    send_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="A single send blocked this long (client not reading): the transport is aborted.",
+    )
+    handshake_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="HTTP keep-alive / request-head timeout, so half-open connections are dropped.",
+    )
+
+    # Security: access tokens (JWT), origins, per-client limits (README "Security model").
+    auth_key: SecretStr | None = Field(None, description="HS256 shared key for access tokens.")
+    auth_key_file: Path | None = Field(None, description="File holding the HS256 shared key (e.g. a Secret).")
+    auth_public_key_file: Path | None = Field(
+        None, description="PEM public key for RS256/ES256 access tokens (minted elsewhere)."
+    )
+    auth_jwks_file: Path | None = Field(None, description="JWKS file of public keys (tokens carry `kid`).")
+    auth_audience: str = Field("voicechat", description="Required `aud` claim of access tokens.")
+    auth_issuer: str | None = Field(None, description="Required `iss` claim, when set.")
+    auth_max_ttl_s: float = Field(
+        3600.0, gt=0, description="Tokens living longer than this (exp - iat) are refused: short-lived only."
+    )
+    auth_timeout_s: float = Field(5.0, gt=0, description="Time a client has to send its `auth` message.")
+    auth_token_url: str | None = Field(
+        None,
+        description="Same-origin endpoint of the app's backend that the page asks for a token (GET, JSON).",
+    )
+    allow_unauthenticated: bool = Field(
+        False, description="Serve without access tokens on a non-loopback address (explicit opt-out)."
+    )
+    allowed_origins: list[str] = Field(
+        [],
+        description="Origins allowed to open /ws besides the service's own (`*` allows any); no Origin is "
+        "accepted (not a browser).",
+    )
+    trusted_proxy_header: str | None = Field(
+        None, description="Header holding the client IP (e.g. x-forwarded-for), only behind a trusted proxy."
+    )
+    limit_exempt_ips: list[str] = Field(
+        ["127.0.0.1", "::1"],
+        description="Client IPs the per-IP limits do not apply to (the local stack, the bench on this host).",
+    )
+    max_sessions_per_subject: int = Field(4, ge=1, description="Open sessions per token subject, per pod.")
+    max_sessions_per_ip: int = Field(4, ge=1, description="Open sessions per client IP, per pod.")
+    max_connects_per_ip_per_min: int = Field(
+        60, ge=1, description="New connections per client IP per minute."
+    )
+    max_turns_per_min: int = Field(30, ge=1, description="Turns per session per minute.")
+    max_llm_tokens_per_min: int = Field(
+        4000, ge=1, description="LLM tokens (max_tokens reserved per turn) per session per minute."
+    )
+    max_errors_per_s: int = Field(
+        5, ge=1, description="Error events per second sent to a client; beyond, counted silently."
+    )
+    max_errors_per_min: int = Field(
+        600, ge=1, description="Client errors per minute before the session is closed 1008."
+    )
+    internal_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Port for /metrics (cluster-internal); unset: /metrics on the main port (local stack).",
+    )
+
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"

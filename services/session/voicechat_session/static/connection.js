@@ -10,7 +10,13 @@ const MAX_SEND_BACKLOG_BYTES = 256 * 1024; // a stalled socket drops mic audio i
 const RECONNECT_WHY = { server_full: "Server busy", shutting_down: "Server restarting", not_ready: "Server starting" };
 
 // Closes after which reconnecting on our own would only repeat the problem: wait for the person.
-const NO_AUTO_RECONNECT = new Set(["idle_timeout", "session_expired", "audio_too_fast", "frame_too_large"]);
+const NO_AUTO_RECONNECT = new Set([
+  "idle_timeout",
+  "session_expired",
+  "audio_too_fast",
+  "frame_too_large",
+  "forbidden_origin",
+]);
 
 // The socket's URL: the page's own server, relative to the page (so the client works behind a path prefix),
 // wss:// whenever the page is https. An `override` (the page's ?ws=) may only pick another path on that same
@@ -35,13 +41,35 @@ export function socketUrl(pageUrl, override) {
   return sameOrigin ? { url: wanted.href, rejected: null } : { url: fallback.href, rejected: override };
 }
 
+// An access token for each new socket, when the service requires one (its /api/info says so): GET from the
+// app backend's same-origin `token_url` (cookies sent), answered with JSON {"token": "<jwt>"}. The token
+// travels as a WebSocket subprotocol, never in the URL. Resolves null when no token is needed.
+export function tokenSource(baseUri, fetchImpl = fetch) {
+  let info = null;
+  return async () => {
+    info ??= fetchImpl(new URL("api/info", baseUri)).then((r) => (r.ok ? r.json() : {}));
+    const auth = (await info).auth;
+    if (!auth || !auth.required) return null;
+    if (!auth.token_url) throw new Error("the server requires an access token and names no token URL");
+    const url = new URL(auth.token_url, baseUri);
+    if (url.origin !== new URL(baseUri).origin) throw new Error("the token URL is not on this page's origin");
+    const response = await fetchImpl(url, { credentials: "same-origin", cache: "no-store" });
+    if (!response.ok) throw new Error(`the token URL answered ${response.status}`);
+    const body = await response.json();
+    if (typeof body.token !== "string" || !body.token) throw new Error("the token URL gave no token");
+    return body.token;
+  };
+}
+
 // hooks: status(state, text) · message(msg) · audio(ArrayBuffer) · closed() · error(text, code, message, connection)
 // `state` mirrors the page state: reconnects and reconnectInSeconds are written here.
+// `getToken` (optional): async () => token or null, asked before each new socket (see tokenSource).
 export class Connection {
-  constructor(url, state, hooks) {
+  constructor(url, state, hooks, getToken = null) {
     this.url = url;
     this.state = state;
     this.hooks = hooks;
+    this.getToken = getToken;
     this.ws = null;
     this.serial = 0; // events of a replaced socket are ignored
     this.userClosed = false;
@@ -79,9 +107,26 @@ export class Connection {
     this.fatalCode = null;
     this.hooks.status("connecting", this.attempt > 0 ? "Reconnecting…" : "Connecting…");
     const serial = ++this.serial;
+    if (!this.getToken) {
+      this.open(serial, undefined);
+      return;
+    }
+    this.getToken().then(
+      (token) => {
+        if (serial === this.serial && !this.userClosed) this.open(serial, token ? ["voicechat", `token.${token}`] : undefined);
+      },
+      (err) => {
+        if (serial !== this.serial) return;
+        this.hooks.error(`Cannot get an access token: ${err.message}`);
+        this.scheduleReconnect(null);
+      },
+    );
+  }
+
+  open(serial, protocols) {
     let socket;
     try {
-      socket = new WebSocket(this.url);
+      socket = new WebSocket(this.url, protocols);
     } catch (err) {
       this.hooks.error(`Cannot open the connection: ${err.message}`);
       this.hooks.status("offline", "Offline");

@@ -7,7 +7,7 @@
 // audio.js (capture and playback), turns.js (turn bookkeeping), conversation.js and page.js (the DOM).
 
 import { AudioIO, CAPTURE_RATE, micErrorText } from "./audio.js";
-import { Connection, socketUrl } from "./connection.js";
+import { Connection, socketUrl, tokenSource } from "./connection.js";
 import { ConversationView } from "./conversation.js";
 import { PageView } from "./page.js";
 import { loadPrefs, savePrefs } from "./prefs.js";
@@ -32,13 +32,18 @@ if (target.rejected !== null) {
   console.warn("VoiceChat: ignoring ?ws= that is not this page's own server", target.rejected);
 }
 
-const connection = new Connection(target.url, vc, {
-  status: setConnection,
-  message: onControl,
-  audio: onAudio,
-  closed: onClosed,
-  error: showError,
-});
+const connection = new Connection(
+  target.url,
+  vc,
+  {
+    status: setConnection,
+    message: onControl,
+    audio: onAudio,
+    closed: onClosed,
+    error: showError,
+  },
+  tokenSource(document.baseURI),
+);
 
 const audio = new AudioIO(vc, {
   played: updateActivity,

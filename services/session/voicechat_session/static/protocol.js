@@ -47,6 +47,10 @@ export const ERROR_TEXT = {
   session_expired: "The session reached its maximum length and was closed.",
   shutting_down: "The server is restarting.",
   internal: "Something went wrong on the server.",
+  unauthorized: "This page could not prove it may start a session (missing or expired access). Reload the page.",
+  forbidden_origin: "This page is not allowed to use the voice service.",
+  rate_limited: "Too many requests in a short time. Wait a moment and try again.",
+  too_many_sessions: "Too many open sessions from this user or network. Close another tab and try again.",
 };
 
 // CloseCode: the WebSocket close codes the server uses.
@@ -59,6 +63,7 @@ export const CLOSE_CODE = {
   TRY_AGAIN_LATER: 1013,
   IDLE_TIMEOUT: 4000,
   SESSION_EXPIRED: 4001,
+  UNAUTHORIZED: 4003,
 };
 
 // A close code → the error code that explains it (a close without a fatal `error` message before it).
@@ -70,6 +75,7 @@ export const CLOSE_REASON = {
   [CLOSE_CODE.TRY_AGAIN_LATER]: "server_full",
   [CLOSE_CODE.IDLE_TIMEOUT]: "idle_timeout",
   [CLOSE_CODE.SESSION_EXPIRED]: "session_expired",
+  [CLOSE_CODE.UNAUTHORIZED]: "unauthorized",
 };
 
 export function errorText(code, fallback) {
