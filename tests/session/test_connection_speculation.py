@@ -69,8 +69,7 @@ async def test_speculation_committed_is_the_turn() -> None:
         order = [k for k in kinds(turn.events) if k != "<audio>"]
         assert order.count("transcript") == 1
         assert order.index("transcript") < order.index("audio_start") < order.index("audio_end")
-        assert await client.history() == [
-            {"role": "system", "content": service.pod.system_prompt},
+        assert await client.history() == [  # the system prompt is never sent to clients
             {"role": "user", "content": SCRIPT[2]},
             {"role": "assistant", "content": REPLY},
         ]
@@ -103,7 +102,7 @@ async def test_speculation_discarded_when_speech_resumes() -> None:
         assert kinds(client.events).count("transcript") == 1
         assert kinds(client.events).count("audio_start") == 1
         assert turn.metrics["speculation"] == "hit"  # the pause at the real end was committed
-        assert [m["role"] for m in await client.history()] == ["system", "user", "assistant"]
+        assert [m["role"] for m in await client.history()] == ["user", "assistant"]
         assert len(llm.requests) == 2
         assert llm.cancelled == 1
         assert llm.max_active == 1, "at most one speculative attempt in flight"
@@ -126,7 +125,7 @@ async def test_one_speculation_at_a_time_through_many_pauses() -> None:
         assert turn.assistant_final == REPLY
         assert kinds(client.events).count("audio_start") == 1
         assert llm.max_active == 1
-        assert [m["role"] for m in await client.history()] == ["system", "user", "assistant"]
+        assert [m["role"] for m in await client.history()] == ["user", "assistant"]
     # Each of the three pauses inside the utterance started one attempt, discarded when speech resumed.
     assert metric(SPEC, outcome="discarded") == discarded + 3
     assert len(llm.requests) == 4
@@ -177,7 +176,7 @@ async def test_barge_in_during_the_first_phrase_of_a_committed_reply() -> None:
         turn2 = await client.wait_for("turn_metrics", turn_id=2, timeout_s=20)
         assert not turn2["interrupted"]
         history = await client.history()
-        assert [m["role"] for m in history] == ["system", "user", "assistant", "user", "assistant"]
+        assert [m["role"] for m in history] == ["user", "assistant", "user", "assistant"]
         spoken = history[2]["content"]
         assert spoken
         assert long_reply.startswith(spoken[: len(spoken) // 2])
