@@ -39,17 +39,30 @@ def is_subset(desired: Any, actual: Any) -> bool:
     Live objects carry server defaults and other managers' fields; only a difference in what the operator
     renders is drift.
     """
+    return first_difference(desired, actual) is None
+
+
+def first_difference(desired: Any, actual: Any, path: str = "") -> str | None:
+    """The path of the first field of ``desired`` that ``actual`` lacks or holds otherwise; None if none does."""
     if isinstance(desired, Mapping):
-        return isinstance(actual, Mapping) and all(
-            key in actual and is_subset(value, actual[key]) for key, value in desired.items()
-        )
+        if not isinstance(actual, Mapping):
+            return path or "/"
+        for key, value in desired.items():
+            if key not in actual:
+                return f"{path}/{key}"
+            found = first_difference(value, actual[key], f"{path}/{key}")
+            if found is not None:
+                return found
+        return None
     if isinstance(desired, list):
-        return (
-            isinstance(actual, list)
-            and len(desired) == len(actual)
-            and all(is_subset(d, a) for d, a in zip(desired, actual, strict=True))
-        )
-    return bool(desired == actual)
+        if not isinstance(actual, list) or len(desired) != len(actual):
+            return path or "/"
+        for index, (d, a) in enumerate(zip(desired, actual, strict=True)):
+            found = first_difference(d, a, f"{path}/{index}")
+            if found is not None:
+                return found
+        return None
+    return None if desired == actual else path or "/"
 
 
 # Lists the API server merges by a key other than the name (server-side apply "map" lists): an entry whose key
@@ -187,12 +200,24 @@ class Reconciler:
             desired = wanted.get((kind, name))
             applied: list[str] = []
             if desired is not None and (event_type == "DELETED" or not is_subset(desired, child)):
-                logger.info(
-                    "child drifted: restoring",
-                    extra=_log_extra(owner, kind=kind.kind, child=name, event=event_type or "LISTED"),
-                )
-                await self._apply(desired, None if event_type == "DELETED" else child)
-                applied.append(f"{kind.kind}/{name}")
+                # The event may predate our own last apply (kopf hands over events queued while a handler
+                # ran, e.g. the controller's status updates of a Deployment still at a scaled replica count,
+                # or of an older pod template): judge drift on the object as it is now, so a stale event
+                # writes nothing.
+                live = await self.client.get(kind, namespace, name)
+                if live is None or not is_subset(desired, live):
+                    logger.info(
+                        "child drifted: restoring",
+                        extra=_log_extra(
+                            owner,
+                            kind=kind.kind,
+                            child=name,
+                            event=event_type or "LISTED",
+                            field=None if live is None else first_difference(desired, live),
+                        ),
+                    )
+                    await self._apply(desired, live)
+                    applied.append(f"{kind.kind}/{name}")
             previous = body.get("status") or {}
             # Only a full reconcile of the spec advances observedGeneration; until one has run, it writes status.
             if kind is kinds.DEPLOYMENT and previous.get("observedGeneration") is not None:

@@ -1,12 +1,16 @@
-"""Pure checks of the port-list repair and the log filters (the cluster tests prove them end to end)."""
+"""Pure checks of drift detection, the port-list repair and the log filters (the cluster tests prove them end
+to end)."""
 
 from __future__ import annotations
 
+import copy
 import logging
+from typing import Any
 
 from tests.support.kube_schema import minimal_voicechat
+from voicechat_operator import kinds
 from voicechat_operator.logs import DowngradeRetriedThrottling, DropKopfInternals
-from voicechat_operator.reconcile import port_list_repairs
+from voicechat_operator.reconcile import Reconciler, first_difference, port_list_repairs
 from voicechat_operator.render import Owner, render_llm_deployment, render_session_service
 from voicechat_operator.spec import parse_spec
 
@@ -80,3 +84,66 @@ def test_kopf_settings_are_not_logged() -> None:
     assert "settings" not in vars(record)
     assert "k8s_skip" not in vars(record)
     assert vars(record)["k8s_ref"]
+
+
+class FakeChildren:
+    """The calls a child event makes (read the owner and the child, apply) on an in-memory store."""
+
+    def __init__(self, *objects: dict[str, Any]) -> None:
+        self.store = {(kinds.kind_of(o), o["metadata"]["name"]): copy.deepcopy(o) for o in objects}
+        self.applied: list[str] = []
+
+    async def get(self, kind: kinds.Kind, namespace: str, name: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self.store.get((kind, name)))
+
+    async def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        self.applied.append(obj["metadata"]["name"])
+        self.store[(kinds.kind_of(obj), obj["metadata"]["name"])] = copy.deepcopy(obj)
+        return obj
+
+
+def _owned(obj: dict[str, Any]) -> dict[str, Any]:
+    # What the API server returns: the rendered object plus server fields.
+    return {**obj, "metadata": {**obj["metadata"], "resourceVersion": "7", "uid": "child"}}
+
+
+def _voicechat() -> dict[str, Any]:
+    body = minimal_voicechat("voice")
+    body["metadata"].update(uid=OWNER.uid, generation=1)
+    return body
+
+
+async def test_a_stale_child_event_writes_nothing() -> None:
+    """An event from before our own repair (the Deployment still scaled to 3) must not apply again."""
+    current = _owned(render_llm_deployment(OWNER, SPEC))
+    stale = copy.deepcopy(current)
+    stale["spec"]["replicas"] = 3
+    fake = FakeChildren(_voicechat(), current)
+    reconciler = Reconciler(fake)  # type: ignore[arg-type]
+    assert await reconciler.child_changed(stale, "MODIFIED") == []
+    assert fake.applied == []
+    # A stale DELETED event of a child that is back already: nothing either.
+    assert await reconciler.child_changed(current, "DELETED") == []
+    assert fake.applied == []
+
+
+async def test_a_child_that_drifted_now_is_restored() -> None:
+    drifted = _owned(render_llm_deployment(OWNER, SPEC))
+    drifted["spec"]["replicas"] = 3
+    fake = FakeChildren(_voicechat(), drifted)
+    reconciler = Reconciler(fake)  # type: ignore[arg-type]
+    assert await reconciler.child_changed(drifted, "MODIFIED") == ["Deployment/demo-llm"]
+    assert fake.applied == ["demo-llm"]
+    del fake.store[(kinds.DEPLOYMENT, "demo-llm")]
+    assert await reconciler.child_changed(drifted, "DELETED") == ["Deployment/demo-llm"]
+    assert fake.applied == ["demo-llm", "demo-llm"]
+
+
+def test_first_difference_names_the_drifted_field() -> None:
+    desired = render_llm_deployment(OWNER, SPEC)
+    live = _owned(desired)
+    assert first_difference(desired, live) is None
+    live["spec"] = {**live["spec"], "replicas": 3}
+    assert first_difference(desired, live) == "/spec/replicas"
+    assert first_difference({"a": [1, 2]}, {"a": [1]}) == "/a"
+    assert first_difference({"a": {"b": 1}}, {"a": {}}) == "/a/b"

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,27 @@ class OperatorProcess:
                 sub = f"/{ref['subresource']}" if ref.get("subresource") else ""
                 found.append(f"{event['verb']} {ref.get('resource')}{sub}/{ref.get('name')}")
         return found
+
+    def wait_quiet(self, quiet_s: float = 3.0, within: float = 60.0) -> None:
+        """Wait until this operator has written nothing for ``quiet_s`` seconds, by the audit log's clock.
+
+        Child events that were queued in the operator when a test ended (the controllers' status updates of
+        a rolling Deployment, the HPA's) are still being handled for a while, longer on a loaded machine;
+        a test that counts the writes of its own step marks the audit log only after they are done.
+        """
+
+        def quiet() -> bool:
+            writes = [
+                e
+                for e in self.plane.audit_events()
+                if e["user"]["username"] == self.username and e["verb"] in WRITE_VERBS
+            ]
+            if not writes:
+                return True
+            last = datetime.fromisoformat(writes[-1]["stageTimestamp"].replace("Z", "+00:00"))
+            return (datetime.now(UTC) - last).total_seconds() >= quiet_s
+
+        wait_for(quiet, what=f"no write by the operator for {quiet_s} s", within=within, interval=0.5)
 
     def reads_since(self, mark: int, resource: str, name: str) -> int:
         return sum(

@@ -353,6 +353,9 @@ class ControlPlane:
     components: list[Component] = field(default_factory=list)
     started_in_s: float = 0.0
     _admin: Kube | None = None
+    # The audit log read so far: it only grows, so each call parses just what was appended since the last.
+    _audit_events: list[Obj] = field(default_factory=list)
+    _audit_offset: int = 0
 
     @property
     def admin(self) -> Kube:
@@ -560,15 +563,21 @@ class ControlPlane:
         return done
 
     def audit_events(self) -> list[Obj]:
-        """Every audit event so far (ResponseComplete stage only)."""
-        events = []
-        with self.audit_log.open() as lines:
-            for line in lines:
-                with contextlib.suppress(ValueError):
-                    event = json.loads(line)
-                    if event.get("stage") == "ResponseComplete":
-                        events.append(event)
-        return events
+        """Every audit event so far (ResponseComplete stage only), in the order the API server wrote them.
+
+        A line still being written is left for the next call, so an index into this list (a test's mark)
+        always names the same event.
+        """
+        with self.audit_log.open("rb") as log:
+            log.seek(self._audit_offset)
+            appended = log.read()
+        complete = appended[: appended.rfind(b"\n") + 1]
+        self._audit_offset += len(complete)
+        for line in complete.splitlines():
+            event = json.loads(line)
+            if event.get("stage") == "ResponseComplete":
+                self._audit_events.append(event)
+        return list(self._audit_events)
 
     def stop(self) -> None:
         if self._admin is not None:
