@@ -75,3 +75,12 @@ MODEL_LOADS_TOTAL = Counter(
     "Model sets loaded: once per pod (sharing=pod) or once per connection (sharing=connection).",
     ["scope"],
 )
+RESUMES_TOTAL = Counter(
+    "voicechat_session_resumes_total",
+    "start messages carrying a resume token, by outcome: ok, or why the token was not used (expired, "
+    "invalid, foreign_key, oversized, malformed).",
+    ["outcome"],
+)
+RESUME_TOKENS_ISSUED_TOTAL = Counter(
+    "voicechat_session_resume_tokens_issued_total", "Resume tokens sent to clients."
+)
