@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -111,6 +112,11 @@ class LocalStack:
     with_session: bool = True
     llm_env: dict[str, str] = field(default_factory=dict)
     session_env: dict[str, str] = field(default_factory=dict)
+    resume_key: str = field(
+        default_factory=lambda: os.environ.get("VOICECHAT_SESSION_RESUME_KEY") or secrets.token_urlsafe(32),
+        repr=False,
+    )
+    """Seals resume tokens; shared by every session process this stack starts, so restarts resume."""
     log_dir: Path | None = None
     llm_timeout_s: float = 180.0
     session_timeout_s: float = 240.0
@@ -169,6 +175,7 @@ class LocalStack:
                 "VOICECHAT_SESSION_PORT": str(self.session_port),
                 "VOICECHAT_SESSION_LLM_URL": self.llm_api_url,
                 "VOICECHAT_SESSION_LLM_WARMUP_URL": f"{self.llm_gate_url}/warmup",
+                "VOICECHAT_SESSION_RESUME_KEY": self.resume_key,
                 **self.session_env,
                 **(extra_env or {}),
             },
