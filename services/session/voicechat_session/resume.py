@@ -91,7 +91,7 @@ class ResumeState(BaseModel):
     session_id: str = Field(min_length=1, max_length=64)
     issued_at: float = Field(description="Unix time the token was sealed.")
     voice: str = Field(max_length=64)
-    speed: float
+    speed: float = Field(ge=0.5, le=2.0)
     history: list[ResumeTurn] = Field(default_factory=list)
 
 
