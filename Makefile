@@ -14,7 +14,7 @@ help:
 	@echo "make up         run the local stack (LLM + session service on embedded models) and print its URL"
 	@echo "make test       install everything, lint, type-check and run every test (what CI runs)"
 	@echo "make bench      measure connect latency and time to first audio; writes bench/results.json"
-	@echo "make lint       ruff lint + format check;  make typecheck: mypy --strict"
+	@echo "make lint       ruff lint + format check + import contracts;  make typecheck: mypy --strict"
 	@echo "make manifests  regenerate manifests/ from the Helm chart"
 
 $(STAMP): pyproject.toml requirements/embedded-models.txt
@@ -32,6 +32,7 @@ system:
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 format: venv
 	$(VENV)/bin/ruff format .
@@ -54,4 +55,4 @@ manifests: venv system
 	$(PY) scripts/render_manifests.py --out manifests
 
 clean:
-	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache .import_linter_cache

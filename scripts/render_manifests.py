@@ -55,12 +55,19 @@ EXAMPLES = {
 Manifest = dict[str, Any]
 
 
-def helm_binary() -> str:
-    """The pinned helm that `make system` extracts, else whatever helm is on PATH."""
+def find_helm() -> str | None:
+    """The pinned helm v3 that `make system` extracts, else whatever helm is on PATH (None: no helm).
+
+    The one lookup: the chart tests use it too (tests/support/chart.py).
+    """
     pinned = REPO_ROOT / ".cache" / "bin" / "helm"
     if pinned.is_file() and os.access(pinned, os.X_OK):
         return str(pinned)
-    found = shutil.which("helm")
+    return shutil.which("helm")
+
+
+def helm_binary() -> str:
+    found = find_helm()
     if found is None:
         raise SystemExit(
             "render_manifests: helm not found; run `make system` (scripts/install-system.sh) first"

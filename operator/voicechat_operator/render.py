@@ -12,11 +12,11 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from voicechat_common.contracts import ACTIVE_SESSIONS_METRIC
 from voicechat_llm.settings import ENGINE_PORT, GATE_PORT, LLMSettings
 from voicechat_operator import API_VERSION, KIND, OPERATOR_NAME, __version__, kinds
 from voicechat_operator.env import env_name
 from voicechat_operator.spec import VoiceChatSpec
-from voicechat_session.metrics import ACTIVE_SESSIONS
 from voicechat_session.settings import PORT as SESSION_PORT
 from voicechat_session.settings import SessionSettings
 
@@ -27,7 +27,6 @@ LLM = "llm"
 SESSION = "session"
 CONFIG = "config"
 DEFAULT_IMAGE_REPOSITORY = "ghcr.io/voicechat"
-ACTIVE_SESSIONS_METRIC = next(iter(ACTIVE_SESSIONS.describe())).name
 CONFIG_HASH_ANNOTATION = "voicechat.io/config-hash"
 PROMPT_KEY = "system-prompt.txt"
 HF_TOKEN_ENV = "HF_TOKEN"

@@ -14,7 +14,7 @@ from voicechat_llm.engines.vllm import build_vllm_argv
 from voicechat_llm.metrics import count_in_flight
 from voicechat_llm.report import WarmupSample
 from voicechat_llm.settings import DEFAULT_VLLM_MODEL, LLMSettings
-from voicechat_llm.warmup import WarmupError, chunk_content, parse_sse_data, warm_figures, warmup_user_turn
+from voicechat_llm.warmup import warm_figures, warmup_user_turn
 
 
 def _settings(**values: object) -> LLMSettings:
@@ -90,17 +90,6 @@ def test_warmup_user_turns_differ_after_the_first() -> None:
     turns = [warmup_user_turn("Hi", i) for i in range(3)]
     assert turns[0] == "Hi"
     assert len(set(turns)) == 3
-
-
-def test_sse_parsing() -> None:
-    chunk = parse_sse_data('data: {"choices":[{"delta":{"content":"Hel"}}]}')
-    assert chunk is not None
-    assert chunk_content(chunk) == "Hel"
-    assert parse_sse_data("data: [DONE]") is None
-    assert parse_sse_data(": ping") is None
-    assert chunk_content({"choices": [], "usage": {"completion_tokens": 3}}) == ""
-    with pytest.raises(WarmupError):
-        parse_sse_data("data: {not json")
 
 
 def test_count_in_flight() -> None:

@@ -8,9 +8,7 @@ prometheus-operator models of cloudcoil-models-prometheus-operator (pydantic, ge
 from __future__ import annotations
 
 import copy
-import os
 import re
-import shutil
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from functools import cache
@@ -21,6 +19,8 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+
+from scripts.render_manifests import find_helm
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART_DIR = REPO_ROOT / "charts" / "voicechat"
@@ -40,10 +40,7 @@ Obj = dict[str, Any]
 
 def helm_binary() -> str:
     """The helm v3 that scripts/install-system.sh extracts (the Makefile also puts it on PATH)."""
-    pinned = REPO_ROOT / ".cache" / "bin" / "helm"
-    if pinned.is_file() and os.access(pinned, os.X_OK):
-        return str(pinned)
-    found = shutil.which("helm")
+    found = find_helm()
     if found is None:
         pytest.fail(
             "helm not found: run `make system` (scripts/install-system.sh) to extract the pinned helm v3"

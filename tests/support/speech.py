@@ -33,7 +33,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from voicechat_session.backends.audio import float_to_pcm16, pcm16_to_float, resample
+from voicechat_session.audio import float_to_pcm16, pcm16_to_float, resample
 from voicechat_session.backends.base import STT_SAMPLE_RATE, TTS_SAMPLE_RATE, TextToSpeech
 from voicechat_session.backends.kokoro_onnx_tts import KokoroOnnxOptions, KokoroOnnxTTS
 from voicechat_session.settings import SessionSettings

@@ -25,7 +25,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from voicechat_session.backends.audio import float_to_pcm16, pcm16_to_float
+from voicechat_session.audio import float_to_pcm16, pcm16_to_float
 from voicechat_session.protocol import OUTPUT_SAMPLE_RATE
 
 Audio = npt.NDArray[np.float32]

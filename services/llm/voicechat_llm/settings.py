@@ -11,14 +11,21 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from voicechat_common.contracts import DEFAULT_SYSTEM_PROMPT
+
+__all__ = [
+    "DEFAULT_SYSTEM_PROMPT",
+    "DEFAULT_VLLM_MODEL",
+    "ENGINE_PORT",
+    "ENV_PREFIX",
+    "GATE_PORT",
+    "LLMSettings",
+]
+
 ENV_PREFIX = "VOICECHAT_LLM_"
 ENGINE_PORT = 8000
 GATE_PORT = 8001
 DEFAULT_VLLM_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
-DEFAULT_SYSTEM_PROMPT = (
-    "You are a helpful voice assistant. Answer in one to three short spoken sentences, "
-    "without lists, markdown or emoji."
-)
 
 
 class LLMSettings(BaseSettings):

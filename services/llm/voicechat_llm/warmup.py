@@ -6,7 +6,6 @@ readiness come from the ones after it (the warm state every client will see).
 
 from __future__ import annotations
 
-import json
 import logging
 import statistics
 import time
@@ -15,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from voicechat_common.openai_stream import StreamFormatError, chunk_content, parse_sse_data
 from voicechat_llm.report import WarmupSample
 
 log = logging.getLogger(__name__)
@@ -61,31 +61,6 @@ class StreamResult:
         )
 
 
-def parse_sse_data(line: str) -> dict[str, Any] | None:
-    """The JSON payload of one ``data:`` line of an OpenAI stream; None for other lines and ``[DONE]``."""
-    if not line.startswith("data:"):
-        return None
-    payload = line[len("data:") :].strip()
-    if not payload or payload == "[DONE]":
-        return None
-    try:
-        value = json.loads(payload)
-    except json.JSONDecodeError as err:
-        raise WarmupError(f"malformed stream chunk: {payload[:80]!r}") from err
-    if not isinstance(value, dict):
-        raise WarmupError(f"unexpected stream chunk: {payload[:80]!r}")
-    return value
-
-
-def chunk_content(chunk: dict[str, Any]) -> str:
-    choices = chunk.get("choices") or []
-    if not choices:
-        return ""
-    delta = choices[0].get("delta") or {}
-    content = delta.get("content")
-    return content if isinstance(content, str) else ""
-
-
 async def stream_chat(client: httpx.AsyncClient, base_url: str, request: dict[str, Any]) -> StreamResult:
     """Run one streaming chat completion and time it (TTFT = request sent → first content)."""
     started = time.perf_counter()
@@ -99,7 +74,10 @@ async def stream_chat(client: httpx.AsyncClient, base_url: str, request: dict[st
             body = (await response.aread()).decode(errors="replace")[:200]
             raise WarmupError(f"chat completion answered {response.status_code}: {body}")
         async for line in response.aiter_lines():
-            chunk = parse_sse_data(line)
+            try:
+                chunk = parse_sse_data(line)
+            except StreamFormatError as err:
+                raise WarmupError(str(err)) from err
             if chunk is None:
                 continue
             usage = chunk.get("usage")

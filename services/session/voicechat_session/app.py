@@ -1,4 +1,5 @@
-"""The FastAPI application: routes are thin; the pod (:mod:`serving`) and connections do the work."""
+"""The FastAPI application: routes are thin; the pod (:mod:`serving`), the session registry and the
+connections do the work."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from voicechat_session import metrics
 from voicechat_session.connection import Connection
-from voicechat_session.protocol import PROTOCOL_VERSION, CloseCode, ErrorCode, ErrorMessage
+from voicechat_session.protocol import PROTOCOL_VERSION, CloseCode, ErrorMessage
+from voicechat_session.registry import SessionRegistry
 from voicechat_session.serving import Pod
 from voicechat_session.settings import SessionSettings
 
@@ -28,6 +30,7 @@ STATIC_DIR = Path(str(resources.files("voicechat_session") / "static"))
 
 def create_app(settings: SessionSettings) -> FastAPI:
     pod = Pod(settings)
+    registry = SessionRegistry(pod)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -44,6 +47,7 @@ def create_app(settings: SessionSettings) -> FastAPI:
 
     app = FastAPI(title="VoiceChat session service", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.pod = pod
+    app.state.registry = registry
 
     @app.get("/livez")
     async def livez() -> dict[str, str]:
@@ -51,10 +55,10 @@ def create_app(settings: SessionSettings) -> FastAPI:
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
-        reason = pod.readiness()
-        if reason is not None:
-            return JSONResponse({"ready": False, "reason": reason}, status_code=503)
-        return JSONResponse({"ready": True, "sessions": len(pod.sessions)})
+        refusal = registry.admission()
+        if refusal is not None:
+            return JSONResponse({"ready": False, "reason": refusal[1]}, status_code=503)
+        return JSONResponse({"ready": True, "sessions": len(registry)})
 
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:
@@ -69,7 +73,7 @@ def create_app(settings: SessionSettings) -> FastAPI:
             "voice": settings.tts_voice,
             "speed": settings.tts_speed,
             "workers": pod.workers,
-            "sessions": len(pod.sessions),
+            "sessions": len(registry),
             "max_sessions": settings.max_sessions,
             "models_warmup_seconds": pod.warmup_seconds,
             "llm": {
@@ -82,7 +86,7 @@ def create_app(settings: SessionSettings) -> FastAPI:
 
     @app.websocket("/ws")
     async def ws(websocket: WebSocket) -> None:
-        await serve_websocket(pod, websocket)
+        await serve_websocket(pod, registry, websocket)
 
     if (STATIC_DIR / "index.html").is_file():
         app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="static")
@@ -95,26 +99,22 @@ def create_app(settings: SessionSettings) -> FastAPI:
     return app
 
 
-async def serve_websocket(pod: Pod, websocket: WebSocket) -> None:
+async def serve_websocket(pod: Pod, registry: SessionRegistry, websocket: WebSocket) -> None:
     """Admit or refuse a connection, then run it. Refusals are explained: an error event, then a close code."""
-    reason = pod.readiness()
+    refusal = registry.admission()
     await websocket.accept()
     accepted = time.perf_counter()
-    if reason is not None:
-        draining = pod.draining
-        code: ErrorCode = (
-            "shutting_down"
-            if draining
-            else ("not_ready" if pod.not_ready_reason is not None else "server_full")
-        )
+    if refusal is not None:
+        code, reason = refusal
         metrics.SESSIONS_REFUSED_TOTAL.labels(reason=code).inc()
         metrics.ERRORS_TOTAL.labels(code=code).inc()
         await websocket.send_text(ErrorMessage(code=code, message=reason, fatal=True).model_dump_json())
-        await websocket.close(CloseCode.GOING_AWAY if draining else CloseCode.TRY_AGAIN_LATER, reason[:120])
+        close_code = CloseCode.GOING_AWAY if code == "shutting_down" else CloseCode.TRY_AGAIN_LATER
+        await websocket.close(close_code, reason[:120])
         return
     connection = Connection(pod, websocket)
-    pod.register(connection)  # before any await: admission and registration are one step
+    registry.register(connection)  # before any await: admission and registration are one step
     try:
         await connection.run(accepted)
     finally:
-        pod.unregister(connection)
+        registry.unregister(connection)

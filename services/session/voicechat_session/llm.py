@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -18,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from voicechat_common.openai_stream import StreamFormatError, chunk_content, chunk_error, parse_sse_data
 from voicechat_session import metrics
 from voicechat_session.history import ChatMessage
 from voicechat_session.protocol import ErrorCode
@@ -60,25 +60,15 @@ class StreamStats:
 
 def parse_sse_line(line: str) -> str | None:
     """The content delta in one SSE ``data:`` line; None for anything else. Raises LLMError on errors."""
-    if not line.startswith("data:"):
-        return None
-    payload = line[5:].strip()
-    if not payload or payload == "[DONE]":
-        return None
     try:
-        event = json.loads(payload)
-    except json.JSONDecodeError as exc:
-        raise LLMError(f"unreadable stream event: {payload[:120]!r}") from exc
-    if not isinstance(event, dict):
+        chunk = parse_sse_data(line)
+    except StreamFormatError as exc:
+        raise LLMError(f"unreadable stream event: {exc}") from exc
+    if chunk is None:
         return None
-    if "error" in event:
-        raise LLMError(f"the LLM reported an error: {str(event['error'])[:200]}")
-    choices = event.get("choices") or []
-    if not choices or not isinstance(choices[0], dict):
-        return None
-    delta = choices[0].get("delta") or {}
-    content = delta.get("content") if isinstance(delta, dict) else None
-    return content if isinstance(content, str) and content else None
+    if (error := chunk_error(chunk)) is not None:
+        raise LLMError(f"the LLM reported an error: {error}")
+    return chunk_content(chunk) or None
 
 
 class LLMClient:

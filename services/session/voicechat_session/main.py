@@ -9,12 +9,13 @@ import sys
 from types import FrameType
 
 import uvicorn
+from fastapi import FastAPI
 from pydantic import ValidationError
 from pydantic_settings import CliApp, SettingsError
 
 from voicechat_common.logging import configure_logging
 from voicechat_session.app import create_app
-from voicechat_session.serving import Pod
+from voicechat_session.registry import SessionRegistry
 from voicechat_session.settings import SessionSettings
 
 log = logging.getLogger("voicechat_session")
@@ -27,15 +28,15 @@ and the session goes on; only absurd frames hit the transport limit (close 1009)
 class DrainingServer(uvicorn.Server):
     """uvicorn, but SIGTERM first drains the sessions (readiness 503 at once), then exits with status 0."""
 
-    def __init__(self, config: uvicorn.Config, pod: Pod) -> None:
+    def __init__(self, config: uvicorn.Config, registry: SessionRegistry) -> None:
         super().__init__(config)
-        self.pod = pod
+        self.registry = registry
         self._drain_task: asyncio.Task[None] | None = None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._drain_task is None and not self.should_exit:
             # Signal handlers run on the loop's thread between callbacks: flag now, drain in a task.
-            self.pod.draining = True
+            self.registry.draining = True
             loop = asyncio.get_event_loop()
             self._drain_task = loop.create_task(self._drain_then_exit())
             return
@@ -45,9 +46,24 @@ class DrainingServer(uvicorn.Server):
 
     async def _drain_then_exit(self) -> None:
         try:
-            await self.pod.drain()
+            await self.registry.drain()
         finally:
             self.should_exit = True
+
+
+def uvicorn_config(app: FastAPI, settings: SessionSettings) -> uvicorn.Config:
+    """How the service runs under uvicorn (also used by the in-process tests)."""
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        ws_max_size=settings.max_frame_bytes * WS_MAX_SIZE_FACTOR,
+        ws_ping_interval=20.0,
+        ws_ping_timeout=20.0,
+        timeout_graceful_shutdown=5,
+        lifespan="on",
+    )
 
 
 def load_settings(argv: list[str] | None = None) -> SessionSettings:
@@ -66,18 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # e.g. an unreadable system_prompt_file
         sys.stderr.write(f"voicechat-session: invalid configuration: {_one_line(exc)}\n")
         return 2
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        ws_max_size=settings.max_frame_bytes * WS_MAX_SIZE_FACTOR,
-        ws_ping_interval=20.0,
-        ws_ping_timeout=20.0,
-        timeout_graceful_shutdown=5,
-        lifespan="on",
-    )
-    server = DrainingServer(config, app.state.pod)
+    server = DrainingServer(uvicorn_config(app, settings), app.state.registry)
     try:
         server.run()
     except SystemExit as exc:  # uvicorn exits 3 when the lifespan (model loading) fails

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from voicechat_common.contracts import ACTIVE_SESSIONS_METRIC
+
 # Voice latency lives between ~10 ms (a warm connect, one TTS chunk) and a few seconds (a slow turn).
 LATENCY_BUCKETS = (
     0.01,
@@ -43,7 +45,7 @@ TIME_TO_FIRST_AUDIO_SECONDS = Histogram(
     ["source"],
     buckets=LATENCY_BUCKETS,
 )
-ACTIVE_SESSIONS = Gauge("voicechat_session_active_sessions", "Open sessions in this pod.")
+ACTIVE_SESSIONS = Gauge(ACTIVE_SESSIONS_METRIC, "Open sessions in this pod.")
 STT_SECONDS = Histogram(
     "voicechat_session_stt_seconds", "Transcription of one utterance (final pass).", buckets=LATENCY_BUCKETS
 )

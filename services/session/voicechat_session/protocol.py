@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 PROTOCOL_VERSION = 1
 OUTPUT_SAMPLE_RATE = 24_000
@@ -262,3 +262,21 @@ class CloseCode:
     TRY_AGAIN_LATER = 1013  # pod at max_sessions
     IDLE_TIMEOUT = 4000
     SESSION_EXPIRED = 4001
+
+
+def describe_validation_error(exc: ValidationError) -> tuple[ErrorCode, str]:
+    """Map a pydantic failure on a client message to the protocol's error code and a readable message."""
+    first = exc.errors()[0]
+    kind = first["type"]
+    if kind == "json_invalid":
+        return "bad_json", f"not valid JSON: {first['msg']}"
+    if kind == "union_tag_invalid":
+        ctx = first.get("ctx") or {}
+        return (
+            "unknown_type",
+            f"unknown message type {ctx.get('tag')!r}; expected one of {ctx.get('expected_tags')}",
+        )
+    if kind in ("union_tag_not_found", "model_attributes_type", "model_type"):
+        return "invalid_message", "a control message is a JSON object with a string 'type' field"
+    where = ".".join(str(p) for p in first["loc"][1:]) or "message"
+    return "invalid_message", f"{where}: {first['msg']}"

@@ -1,7 +1,8 @@
-"""The pod: shared read-only models, the bounded model pool, the LLM client and the open sessions.
+"""The pod: shared read-only models, the bounded model pool and the LLM client.
 
-Everything here is shared by the connections of one process, and none of it holds conversation state: that
-lives in :class:`voicechat_session.connection.Connection`, one per WebSocket.
+Everything here is shared by the connections of one process, and none of it holds conversation state (that
+lives in :class:`voicechat_session.connection.Connection`, one per WebSocket) or knows the open sessions
+(:mod:`voicechat_session.registry`).
 """
 
 from __future__ import annotations
@@ -13,18 +14,16 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import httpx
 
+from voicechat_llm.report import WarmupReport
 from voicechat_session import metrics
 from voicechat_session.backends.loader import ModelSet, load_models, warm_up, worker_count
 from voicechat_session.llm import LLM_KEEPALIVE_EXPIRY_S, LLMClient
 from voicechat_session.pool import Priority, PriorityPool
 from voicechat_session.settings import SessionSettings
-
-if TYPE_CHECKING:
-    from voicechat_session.connection import Connection
 
 log = logging.getLogger(__name__)
 
@@ -42,19 +41,9 @@ class LlmInfo:
 
 
 def parse_warmup_report(raw: Any) -> LlmInfo:
-    """The LLM service's warm-up report (``voicechat_llm.report.WarmupReport``), tolerating other shapes."""
+    """The LLM service's warm-up report, tolerating other shapes (another OpenAI-compatible server)."""
     if not isinstance(raw, dict):
         return LlmInfo()
-    try:
-        from voicechat_llm.report import WarmupReport
-    except ImportError:  # a session image without the LLM package: read the fields we need by name
-        ttft = raw.get("warm_ttft_seconds")
-        model = raw.get("served_model_name") or raw.get("model")
-        return LlmInfo(
-            model=model if isinstance(model, str) else None,
-            warm_ttft_ms=float(ttft) * 1000 if isinstance(ttft, int | float) else None,
-            report=raw,
-        )
     try:
         report = WarmupReport.model_validate(raw)
     except ValueError:
@@ -92,10 +81,6 @@ class Pod:
             limits=httpx.Limits(max_connections=None, keepalive_expiry=LLM_KEEPALIVE_EXPIRY_S),
         )
         self.llm = LLMClient(settings, self.http)
-        self.sessions: dict[str, Connection] = {}
-        self.draining = False
-        self._drain_started = False
-        self.drained = asyncio.Event()
         self.not_ready_reason: str | None = "loading models"
 
     # ------------------------------------------------------------------------------------------ lifecycle
@@ -145,37 +130,6 @@ class Pod:
         await self.http.aclose()
         self.pool.shutdown()
         self.vad_executor.shutdown(wait=False, cancel_futures=True)
-
-    async def drain(self) -> None:
-        """SIGTERM: refuse new sessions, let open ones finish their turn within the grace period, close."""
-        if self._drain_started:
-            await self.drained.wait()
-            return
-        self._drain_started = True
-        self.draining = True  # usually already set by the signal handler, so /readyz flips at once
-        log.info("draining", extra={"sessions": len(self.sessions), "grace_s": self.settings.drain_grace_s})
-        await asyncio.gather(*(c.drain(self.settings.drain_grace_s) for c in list(self.sessions.values())))
-        self.drained.set()
-        log.info("drained")
-
-    # ---------------------------------------------------------------------------------------- admission
-    def readiness(self) -> str | None:
-        """None when ready for a new session, else why not."""
-        if self.draining:
-            return "draining: the service is shutting down"
-        if self.not_ready_reason is not None:
-            return self.not_ready_reason
-        if len(self.sessions) >= self.settings.max_sessions:
-            return f"full: {len(self.sessions)} of max_sessions={self.settings.max_sessions} sessions open"
-        return None
-
-    def register(self, connection: Connection) -> None:
-        self.sessions[connection.session_id] = connection
-        metrics.ACTIVE_SESSIONS.set(len(self.sessions))
-
-    def unregister(self, connection: Connection) -> None:
-        self.sessions.pop(connection.session_id, None)
-        metrics.ACTIVE_SESSIONS.set(len(self.sessions))
 
     # ------------------------------------------------------------------------------------ blocking work
     @property

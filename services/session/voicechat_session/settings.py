@@ -11,11 +11,11 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from voicechat_common.contracts import DEFAULT_SYSTEM_PROMPT
 from voicechat_session.resume_size import budget_plaintext_bytes, max_plaintext_bytes
 
 ENV_PREFIX = "VOICECHAT_SESSION_"
 PORT = 8080
-OUTPUT_SAMPLE_RATE = 24_000
 
 
 class SessionSettings(BaseSettings):
@@ -47,8 +47,7 @@ class SessionSettings(BaseSettings):
     )
     llm_stream_timeout_s: float = Field(60.0, gt=0, description="Whole reply deadline.")
     system_prompt: str = Field(
-        "You are a helpful voice assistant. Answer in one to three short spoken sentences, "
-        "without lists, markdown or emoji.",
+        DEFAULT_SYSTEM_PROMPT,
         description="System prompt kept at the head of every conversation.",
     )
     system_prompt_file: Path | None = Field(None, description="File holding the system prompt (overrides).")
@@ -60,7 +59,9 @@ class SessionSettings(BaseSettings):
     # Models: weights loaded once per pod (`pod`) or per connection (`connection`, the slow "before").
     sharing: Literal["pod", "connection"] = Field("pod", description="Where model weights live.")
     workers: int = Field(0, ge=0, description="Threads for model calls (0 = CPU cores).")
-    stt_backend: Literal["faster-whisper"] = "faster-whisper"
+    stt_backend: Literal["faster-whisper", "fake"] = Field(
+        "faster-whisper", description="STT implementation (`fake`: scripted transcripts, no weights)."
+    )
     stt_model: str | None = Field(
         None, description="faster-whisper model directory or name (default: embedded Whisper tiny.en)."
     )
@@ -69,6 +70,9 @@ class SessionSettings(BaseSettings):
     stt_threads: int = Field(0, ge=0, description="CPU threads per transcription (0 = default).")
     stt_language: str | None = Field("en", description="Language code, or empty for auto-detection.")
     stt_beam_size: int = Field(1, ge=1, le=10)
+    vad_backend: Literal["silero", "energy"] = Field(
+        "silero", description="VAD implementation (`energy`: signal level, no weights)."
+    )
     vad_threshold: float = Field(0.5, gt=0, lt=1, description="Silero speech probability threshold.")
     vad_min_silence_ms: int = Field(500, ge=100, le=5000, description="Silence that ends the user's turn.")
     vad_min_speech_ms: int = Field(200, ge=50, le=5000, description="Shorter speech bursts are ignored.")
@@ -77,7 +81,9 @@ class SessionSettings(BaseSettings):
         30.0, gt=1, le=120, description="An utterance is cut and transcribed here."
     )
     partial_transcripts: bool = Field(True, description="Send partial transcripts while the user speaks.")
-    tts_backend: Literal["kokoro-onnx", "kokoro"] = Field("kokoro-onnx", description="TTS implementation.")
+    tts_backend: Literal["kokoro-onnx", "kokoro", "fake"] = Field(
+        "kokoro-onnx", description="TTS implementation (`fake`: a tone as long as the text, no weights)."
+    )
     tts_model_path: Path | None = Field(None, description="Kokoro ONNX model (default: embedded int8 model).")
     tts_voices_path: Path | None = Field(
         None, description="Kokoro voices .npz/.bin (default: embedded voices)."
@@ -91,6 +97,19 @@ class SessionSettings(BaseSettings):
         ge=0,
         le=60_000,
         description="Audio sent ahead of real time; the rest is paced so a barge-in cuts what is unheard.",
+    )
+    # Fake backends (tests, demos without weights): deterministic output after a fixed latency.
+    fake_stt_transcripts: list[str] = Field(
+        ["hello there"],
+        description="fake STT: transcripts returned in turn, cycling ('<error>' raises; quiet audio → '').",
+    )
+    fake_stt_latency_ms: float = Field(0.0, ge=0, description="fake STT: time per transcription.")
+    fake_tts_latency_ms: float = Field(0.0, ge=0, description="fake TTS: time per clause.")
+    fake_tts_ms_per_char: float = Field(
+        60.0, gt=0, description="fake TTS: audio length per character of text, at speed 1."
+    )
+    vad_energy_threshold: float = Field(
+        0.02, gt=0, lt=1, description="energy VAD: RMS level of a window that counts as speech."
     )
     tts_device: Literal["cpu", "cuda"] = Field("cpu", description="ONNX execution provider / torch device.")
     model_cache_dir: Path = Field(

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests.support.speech import is_silent, rms_dbfs, words
-from voicechat_session.backends.audio import resample
+from voicechat_session.audio import resample
 from voicechat_session.backends.base import STT_SAMPLE_RATE, TTS_SAMPLE_RATE
 from voicechat_session.backends.faster_whisper_stt import FasterWhisperSTT
 from voicechat_session.backends.kokoro_onnx_tts import KokoroOnnxOptions, KokoroOnnxTTS, execution_providers

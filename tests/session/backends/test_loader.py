@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from tests.support.speech import words
-from voicechat_session.backends.audio import resample
+from voicechat_session.audio import resample
 from voicechat_session.backends.base import (
     STT_SAMPLE_RATE,
     TTS_SAMPLE_RATE,

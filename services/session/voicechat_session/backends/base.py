@@ -10,14 +10,17 @@ from __future__ import annotations
 
 from typing import Protocol
 
-import numpy as np
-import numpy.typing as npt
+from voicechat_session.audio import STT_SAMPLE_RATE, TTS_SAMPLE_RATE, Audio
 
-Audio = npt.NDArray[np.float32]
-"""Mono float32 samples in [-1, 1]."""
-
-STT_SAMPLE_RATE = 16_000
-TTS_SAMPLE_RATE = 24_000
+__all__ = [
+    "STT_SAMPLE_RATE",
+    "TTS_SAMPLE_RATE",
+    "Audio",
+    "SpeechToText",
+    "TextToSpeech",
+    "VadModel",
+    "VadStream",
+]
 
 
 class SpeechToText(Protocol):

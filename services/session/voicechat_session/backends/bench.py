@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from voicechat_session.backends.audio import resample
+from voicechat_session.audio import resample
 from voicechat_session.backends.base import STT_SAMPLE_RATE, TTS_SAMPLE_RATE
 from voicechat_session.backends.loader import ModelSet, load_stt, load_tts, load_vad, warm_up, worker_count
 from voicechat_session.settings import SessionSettings

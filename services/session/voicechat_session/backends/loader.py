@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from voicechat_session.backends.audio import resample
+from voicechat_session.audio import resample
 from voicechat_session.backends.base import (
     STT_SAMPLE_RATE,
     TTS_SAMPLE_RATE,
@@ -44,6 +44,10 @@ def worker_count(settings: SessionSettings) -> int:
 
 
 def load_stt(settings: SessionSettings) -> SpeechToText:
+    if settings.stt_backend == "fake":
+        from voicechat_session.backends.fake import FakeSTT
+
+        return FakeSTT(settings.fake_stt_transcripts, settings.fake_stt_latency_ms / 1000.0)
     from voicechat_session.backends.faster_whisper_stt import FasterWhisperSTT, WhisperOptions
 
     # One CTranslate2 worker per pool thread, so concurrent sessions transcribe in parallel.
@@ -52,7 +56,11 @@ def load_stt(settings: SessionSettings) -> SpeechToText:
 
 def load_tts(settings: SessionSettings) -> TextToSpeech:
     tts: TextToSpeech
-    if settings.tts_backend == "kokoro-onnx":
+    if settings.tts_backend == "fake":
+        from voicechat_session.backends.fake import FakeTTS
+
+        tts = FakeTTS(settings.fake_tts_ms_per_char, settings.fake_tts_latency_ms / 1000.0)
+    elif settings.tts_backend == "kokoro-onnx":
         from voicechat_session.backends.kokoro_onnx_tts import KokoroOnnxOptions, KokoroOnnxTTS
 
         tts = KokoroOnnxTTS(KokoroOnnxOptions.from_settings(settings))
@@ -68,6 +76,10 @@ def load_tts(settings: SessionSettings) -> TextToSpeech:
 
 
 def load_vad(settings: SessionSettings) -> VadModel:
+    if settings.vad_backend == "energy":
+        from voicechat_session.backends.fake import EnergyVad
+
+        return EnergyVad(settings.vad_energy_threshold)
     from voicechat_session.backends.silero_vad import SileroVad
 
     return SileroVad()

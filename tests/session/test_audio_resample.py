@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from voicechat_session.backends.audio import float_to_pcm16, pcm16_to_float, resample
+from voicechat_session.audio import float_to_pcm16, pcm16_to_float, resample
 
 
 def tone(freq: float, rate: int, seconds: float = 1.0, amplitude: float = 0.5) -> np.ndarray:

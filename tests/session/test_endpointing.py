@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from voicechat_session.turns import Phase, SpeechEnded, SpeechStarted, TurnConfig, TurnDetector
+from voicechat_session.endpointing import Phase, SpeechEnded, SpeechStarted, TurnConfig, TurnDetector
 
 WINDOW = 512  # 32 ms at 16 kHz
 

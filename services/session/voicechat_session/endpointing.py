@@ -1,4 +1,4 @@
-"""Turn detection: Silero speech probabilities → user speech start / end, with the utterance's audio (pure)."""
+"""Endpointing: VAD speech probabilities → user speech start / end, with the utterance's audio (pure)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from voicechat_session.backends.base import STT_SAMPLE_RATE, Audio
+from voicechat_session.audio import STT_SAMPLE_RATE, Audio
 
 # Audio kept before the detected speech start: Silero needs a few windows to become confident, and cutting
 # the first phoneme costs Whisper the first word.

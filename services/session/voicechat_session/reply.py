@@ -1,0 +1,249 @@
+"""A turn's work after the user stopped: transcribe, then reply (LLM → clauses → TTS → real-time pacing).
+
+It writes to an :class:`Outbox`, never to the socket: the connection implements the outbox (one ordered
+queue to the client), tests can use a list, and a reply started before it is certain to be wanted (a
+speculative end of turn) can write to a :class:`HeldOutbox` that keeps everything until ``commit()`` and
+drops it on ``discard()``; cancelling the turn's task closes its LLM stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from voicechat_session import metrics
+from voicechat_session.audio import Audio, pcm16_chunks
+from voicechat_session.backends.loader import ModelSet
+from voicechat_session.clauses import ClauseSplitter, speakable
+from voicechat_session.history import ConversationHistory
+from voicechat_session.llm import LLMError, StreamStats
+from voicechat_session.pool import Priority
+from voicechat_session.protocol import OUTPUT_SAMPLE_RATE, AssistantMessage, ErrorCode, TranscriptMessage
+from voicechat_session.serving import Pod
+from voicechat_session.turn import Turn, TurnState
+
+log = logging.getLogger(__name__)
+
+TTS_LOOKAHEAD_CLAUSES = 2
+"""Clauses synthesised ahead of playback: enough to hide TTS time, little to throw away on barge-in."""
+
+ReplyEvent = TranscriptMessage | AssistantMessage
+
+
+class Outbox(Protocol):
+    """Where a turn's output goes, in order."""
+
+    def send(self, message: ReplyEvent) -> None: ...
+
+    def send_audio(self, turn: Turn, clause: int, data: bytes) -> None:
+        """One frame of clause ``clause``'s PCM16 audio."""
+        ...
+
+    def error(self, code: ErrorCode, message: str) -> None: ...
+
+    def end_turn(self, turn: Turn) -> None:
+        """The turn produces nothing more: finalize it (idempotent)."""
+        ...
+
+
+class HeldOutbox:
+    """An outbox that holds writes until :meth:`commit` (then passes them on, and later ones straight
+    through) or drops them on :meth:`discard`: for work started before it is known to be wanted."""
+
+    def __init__(self, target: Outbox) -> None:
+        self._target = target
+        self._held: list[tuple[str, tuple[object, ...]]] = []
+        self.committed = False
+        self.discarded = False
+
+    def _write(self, method: str, *args: object) -> None:
+        if self.discarded:
+            return
+        if self.committed:
+            getattr(self._target, method)(*args)
+        else:
+            self._held.append((method, args))
+
+    def send(self, message: ReplyEvent) -> None:
+        self._write("send", message)
+
+    def send_audio(self, turn: Turn, clause: int, data: bytes) -> None:
+        self._write("send_audio", turn, clause, data)
+
+    def error(self, code: ErrorCode, message: str) -> None:
+        self._write("error", code, message)
+
+    def end_turn(self, turn: Turn) -> None:
+        self._write("end_turn", turn)
+
+    def commit(self) -> None:
+        if self.discarded:
+            raise RuntimeError("a discarded outbox cannot be committed")
+        self.committed = True
+        held, self._held = self._held, []
+        for method, args in held:
+            getattr(self._target, method)(*args)
+
+    def discard(self) -> None:
+        self.discarded = True
+        self._held.clear()
+
+
+@dataclass
+class Voice:
+    """The connection's voice and speed; read per clause, so ``configure`` applies from the next one."""
+
+    name: str
+    speed: float
+
+
+class TtsFailed(Exception):
+    pass
+
+
+class TurnRunner:
+    """Runs turns of one connection (one at a time; the connection cancels a turn's task to stop it)."""
+
+    def __init__(
+        self,
+        pod: Pod,
+        models: ModelSet,
+        history: ConversationHistory,
+        voice: Voice,
+        session_id: str,
+    ) -> None:
+        self.pod = pod
+        self.models = models
+        self.history = history
+        self.voice = voice
+        self.session_id = session_id
+        self.lead_s = pod.settings.output_lead_ms / 1000.0
+        self.chunk_ms = pod.settings.output_chunk_ms
+
+    async def run(self, turn: Turn, previous: Turn | None, outbox: Outbox) -> None:
+        """The turn's task: wait for the previous turn's history entry, transcribe, reply; always ends the turn."""
+        try:
+            if previous is not None:
+                await asyncio.shield(previous.finalized)  # its reply enters the history first
+            if not await self._transcribe(turn, outbox):
+                return
+            text = turn.text or ""
+            if not text.strip():
+                turn.advance(TurnState.SKIPPED)  # noise, not words: no reply
+                return
+            turn.advance(TurnState.REPLYING)
+            self.history.add("user", text)
+            metrics.TURNS_TOTAL.labels(source=turn.source).inc()
+            clauses: asyncio.Queue[str | None] = asyncio.Queue()
+            audio_out: asyncio.Queue[tuple[int, Audio] | None] = asyncio.Queue(maxsize=TTS_LOOKAHEAD_CLAUSES)
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._produce_text(turn, clauses, outbox))
+                group.create_task(self._synthesize(turn, clauses, audio_out))
+                group.create_task(self._pace(turn, audio_out, outbox))
+        except* TtsFailed:
+            outbox.error("tts_failed", "speech synthesis failed")
+        except* Exception:
+            log.exception("turn failed", extra={"session_id": self.session_id, "turn_id": turn.id})
+            outbox.error("internal", "the turn failed unexpectedly")
+        finally:
+            if turn.active:
+                turn.advance(TurnState.COMPLETED)
+            outbox.end_turn(turn)
+
+    async def _transcribe(self, turn: Turn, outbox: Outbox) -> bool:
+        """Voice turns: the utterance → ``turn.text``. False (turn skipped) when transcription failed."""
+        if turn.audio is None:
+            return True
+        started = time.perf_counter()
+        try:
+            text = await self.pod.run_model(Priority.FIRST_AUDIO, self.models.stt.transcribe, turn.audio)
+        except Exception:
+            log.exception("transcription failed", extra={"session_id": self.session_id})
+            outbox.error("stt_failed", "transcription failed")
+            turn.advance(TurnState.SKIPPED)
+            return False
+        turn.audio = None
+        turn.text = text
+        turn.stt_s = time.perf_counter() - started
+        metrics.STT_SECONDS.observe(turn.stt_s)
+        outbox.send(TranscriptMessage(text=text, final=True, turn_id=turn.id))
+        return True
+
+    async def _produce_text(self, turn: Turn, clauses: asyncio.Queue[str | None], outbox: Outbox) -> None:
+        splitter = ClauseSplitter()
+        stats = StreamStats()
+
+        def on_delta(delta: str) -> None:
+            if not turn.reply_started:
+                turn.reply_started = True
+                turn.ttft_s = stats.ttft_s
+                if turn.ttft_s is not None:
+                    metrics.LLM_TTFT_SECONDS.observe(turn.ttft_s)
+            outbox.send(AssistantMessage(text=delta, final=False, turn_id=turn.id))
+            for clause in splitter.push(delta):
+                clauses.put_nowait(clause)
+
+        try:
+            await self.pod.llm.stream(self.history.messages(), stats, on_delta)
+        except LLMError as exc:
+            # Tell the client now, and still speak what did arrive (a reply cut by a deadline is better
+            # than silence); the turn then ends normally.
+            outbox.error(exc.code, str(exc))
+        if rest := splitter.flush():
+            clauses.put_nowait(rest)
+        clauses.put_nowait(None)
+
+    async def _synthesize(
+        self,
+        turn: Turn,
+        clauses: asyncio.Queue[str | None],
+        audio_out: asyncio.Queue[tuple[int, Audio] | None],
+    ) -> None:
+        tts = self.models.tts
+        while (clause := await clauses.get()) is not None:
+            text = speakable(clause)
+            if not any(ch.isalnum() for ch in text):
+                continue
+            started = time.perf_counter()
+            try:
+                priority = Priority.FIRST_AUDIO if not turn.clauses else Priority.REPLY
+                samples = await self.pod.run_model(
+                    priority, tts.synthesize, text, self.voice.name, self.voice.speed
+                )
+            except Exception as exc:
+                log.exception("speech synthesis failed", extra={"session_id": self.session_id})
+                raise TtsFailed(str(exc)) from exc
+            if turn.tts_first_s is None:
+                turn.tts_first_s = time.perf_counter() - started
+                metrics.TTS_FIRST_CHUNK_SECONDS.observe(turn.tts_first_s)
+            if samples.size == 0:
+                continue
+            await audio_out.put((turn.add_clause(text, int(samples.size)), samples))
+        await audio_out.put(None)
+
+    async def _pace(
+        self, turn: Turn, audio_out: asyncio.Queue[tuple[int, Audio] | None], outbox: Outbox
+    ) -> None:
+        """Queue audio at most ``output_lead_ms`` ahead of real-time playback.
+
+        The client buffers only that much, so an interruption discards little unheard audio, and the text
+        "actually sent" is close to the text actually heard.
+        """
+        loop = asyncio.get_running_loop()
+        playback_start: float | None = None
+        queued_s = 0.0
+        while (item := await audio_out.get()) is not None:
+            index, samples = item
+            for chunk in pcm16_chunks(samples, OUTPUT_SAMPLE_RATE, self.chunk_ms):
+                now = loop.time()
+                if playback_start is None or now - playback_start > queued_s:
+                    # First chunk, or the client ran dry waiting for TTS: playback (re)starts now.
+                    playback_start = now - queued_s
+                ahead = queued_s - (now - playback_start)
+                if ahead > self.lead_s:
+                    await asyncio.sleep(ahead - self.lead_s)
+                outbox.send_audio(turn, index, chunk)
+                queued_s += len(chunk) / 2 / OUTPUT_SAMPLE_RATE
