@@ -55,6 +55,8 @@ from voicechat_session.protocol import (
     InterruptReason,
     ReadyMessage,
     ResetMessage,
+    ResumedMessage,
+    ResumeTokenMessage,
     StartedMessage,
     StartMessage,
     TextMessage,
@@ -64,6 +66,7 @@ from voicechat_session.protocol import (
     describe_validation_error,
 )
 from voicechat_session.reply import TurnRunner, Voice
+from voicechat_session.resume import ResumeError, ResumeTurn, attempt
 from voicechat_session.serving import Pod
 from voicechat_session.turn import Turn, TurnSource, TurnState
 
@@ -91,7 +94,12 @@ class _Close:
     reason: str
 
 
-_Outgoing = BaseModel | _AudioOut | _TurnEnd | _Close
+@dataclass(frozen=True)
+class _ResumeToken:
+    """Seal the conversation when the sender gets here: after every reply queued before is in the history."""
+
+
+_Outgoing = BaseModel | _AudioOut | _TurnEnd | _Close | _ResumeToken
 """A server message, or an instruction to the sender loop."""
 
 
@@ -103,6 +111,8 @@ class Connection:
         self.settings = pod.settings
         self.ws = websocket
         self.session_id = uuid.uuid4().hex[:16]
+        self.conversation_id = self.session_id
+        """The conversation's id: this session's, or the one it resumed (kept across pods)."""
         self.opened_at = time.monotonic()
         self.last_activity = self.opened_at
         self.models: ModelSet | None = None
@@ -164,6 +174,7 @@ class Connection:
             sharing=s.sharing,
             llm_model=info.model or self.pod.llm.model,
             llm_warm_ttft_ms=info.warm_ttft_ms,
+            resume_token=self._seal().token,
         )
         await self.ws.send_text(ready.model_dump_json())
         metrics.CONNECT_SECONDS.observe(connect_s)
@@ -212,7 +223,8 @@ class Connection:
         self._outbox.put_nowait(_Close(code, reason[:120]))
 
     async def drain(self, grace_s: float) -> None:
-        """SIGTERM: no new turns; the turn in progress may finish within ``grace_s``; then close 1001."""
+        """SIGTERM: no new turns; the turn in progress may finish within ``grace_s``; the client gets its
+        latest resume token (to continue on another pod); then close 1001."""
         self.draining = True
         turn = self.turn
         if turn is not None and turn.active:
@@ -220,6 +232,8 @@ class Connection:
                 async with asyncio.timeout(grace_s):
                     await asyncio.shield(turn.finalized)
             self._interrupt(turn, "shutdown")
+        if not self._closing:
+            self.send(_ResumeToken())
         self.close(
             CloseCode.GOING_AWAY, "server shutting down", "shutting_down", "the server is shutting down"
         )
@@ -288,6 +302,8 @@ class Connection:
                 elif isinstance(item, _Close):
                     await self.ws.close(item.code, item.reason)
                     return
+                elif isinstance(item, _ResumeToken):
+                    await self._send_now(self._seal())
                 else:
                     await self.ws.send_text(item.model_dump_json())
         except (WebSocketDisconnect, RuntimeError, OSError) as exc:
@@ -329,6 +345,7 @@ class Connection:
             if turn.keep_history:
                 self.history.add("assistant", spoken)
             await self._send_now(turn.report(time.perf_counter()))
+            await self._send_now(self._seal())
             log.info("turn finished", extra={"session_id": self.session_id, **turn.log_fields()})
         finally:
             if not turn.finalized.done():
@@ -336,6 +353,69 @@ class Connection:
 
     async def _send_now(self, message: BaseModel) -> None:
         await self.ws.send_text(message.model_dump_json())
+
+    # -------------------------------------------------------------------------------------------- resume
+    def _seal(self) -> ResumeTokenMessage:
+        """The conversation as it stands (history, voice, speed), sealed for the client to keep."""
+        history = [
+            ResumeTurn(role=m.role, content=m.content) for m in self.history.turns if m.role != "system"
+        ]
+        codec = self.pod.resume
+        token = codec.seal(
+            session_id=self.conversation_id, voice=self.voice.name, speed=self.voice.speed, history=history
+        )
+        metrics.RESUME_TOKENS_ISSUED_TOTAL.inc()
+        return ResumeTokenMessage(token=token, expires_in_s=codec.ttl_s)
+
+    def _resume(self, token: str) -> None:
+        """Continue the conversation in ``token``, or say why not and go on fresh (never fatal)."""
+        if self._turn_seq or self.history.turns:
+            # Restoring now would put the old conversation after this one's turns.
+            self.send(
+                ResumedMessage(
+                    resumed=False,
+                    session_id=self.conversation_id,
+                    error="invalid",
+                    message="a conversation can only be resumed before this session's first turn",
+                )
+            )
+            return
+        outcome = attempt(self.pod.resume, token)
+        if isinstance(outcome, ResumeError):
+            self.send(
+                ResumedMessage(
+                    resumed=False,
+                    session_id=self.conversation_id,
+                    error=outcome.failure.value,
+                    message=outcome.detail,
+                )
+            )
+            return
+        state = outcome.state
+        for turn in state.history:
+            self.history.add(turn.role, turn.content)  # this pod's budget applies
+        self.conversation_id = state.session_id
+        if state.voice in self.pod.voices:
+            self.voice.name = state.voice
+        self.voice.speed = state.speed
+        entries = [HistoryEntry(role=m.role, content=m.content) for m in self.history.turns]
+        self.send(
+            ResumedMessage(
+                resumed=True,
+                session_id=self.conversation_id,
+                messages=entries,
+                age_s=round(outcome.age_s, 1),
+            )
+        )
+        log.info(
+            "session resumed",
+            extra={
+                "session_id": self.session_id,
+                "conversation_id": self.conversation_id,
+                "messages": len(entries),
+                "token_age_s": round(outcome.age_s, 1),
+            },
+        )
 
     # --------------------------------------------------------------------------------------------- input
     async def _receive_loop(self) -> None:
@@ -402,12 +482,17 @@ class Connection:
         if not self._check_voice(message.voice):
             return
         assert self.models is not None
+        if message.resume_token is not None:
+            self._resume(message.resume_token)
+        # Voice and speed given in `start` win over the restored ones: the person just chose them.
         self.voice.name = message.voice or self.voice.name
         self.voice.speed = message.speed or self.voice.speed
         self.input = AudioInput(self.pod, self.models, message.sample_rate, self._on_input, self.session_id)
         self.send(
             StartedMessage(sample_rate=message.sample_rate, voice=self.voice.name, speed=self.voice.speed)
         )
+        if message.resume_token is not None:
+            self.send(_ResumeToken())
 
     def _on_configure(self, voice: str | None, speed: float | None) -> None:
         if not self._check_voice(voice):
@@ -416,6 +501,7 @@ class Connection:
         self.voice.speed = speed or self.voice.speed
         rate = self.input.sample_rate if self.input is not None else STT_SAMPLE_RATE
         self.send(StartedMessage(sample_rate=rate, voice=self.voice.name, speed=self.voice.speed))
+        self.send(_ResumeToken())
 
     def _on_reset(self) -> None:
         turn = self.turn
@@ -425,6 +511,7 @@ class Connection:
             self._interrupt(turn, "reset")
         self.history.clear()
         self.send(HistoryClearedMessage())
+        self.send(_ResumeToken())  # of the empty conversation: the old one is not resumable from here on
 
     def _on_input(self, event: InputEvent) -> None:
         """What the audio input stage heard."""
