@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 from typing import Any
 
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 from tests.support.fake_llm import FakeLLM
-from tests.support.session_app import InProcessService, metric, session_app
+from tests.support.session_app import SCRIPT, InProcessService, metric, session_app
 from tests.support.ws_client import VoiceChatClient
+from voicechat_session.backends.fake import utterance_tone
 from voicechat_session.protocol import CloseCode
 from voicechat_session.resume import KeyRing, ResumeCodec, ResumeTurn
 
@@ -233,3 +236,36 @@ async def test_drain_hands_over_the_latest_token_then_goes_away() -> None:
                 "My name is Ada.",
                 "I live in Paris.",
             ]
+
+
+async def test_drain_waits_for_the_utterance_under_way_and_answers_it() -> None:
+    rate = 16_000
+    async with session_app(FakeLLM(reply="Noted."), resume_key=KEY, drain_grace_s=30) as service:
+        async with VoiceChatClient.connect(service.ws_url) as client:
+            await client.start(sample_rate=rate)
+            tone = utterance_tone(0, 1.2, rate)
+            half = tone.size // 2
+            await client.stream_audio(tone[:half], rate)  # the person is mid-sentence …
+            await client.wait_for("vad", speaking=True, timeout_s=10)
+            service.registry.draining = True
+            drain = asyncio.create_task(service.registry.drain())
+
+            # … and finishes it while the pod drains: the utterance is answered, not refused.
+            async def finish_sentence() -> None:
+                # An open microphone: silence goes on until the server closes.
+                with contextlib.suppress(ConnectionClosed):
+                    await client.stream_audio(tone[half:], rate, trailing_silence_s=5.0)
+
+            mic = asyncio.create_task(finish_sentence())
+            turn = await client.wait_turn(timeout_s=20)
+            assert turn.transcript == SCRIPT[0]
+            assert turn.assistant_final == "Noted."
+            code, _ = await client.wait_closed(timeout_s=10)
+            assert code == CloseCode.GOING_AWAY
+            await asyncio.wait_for(drain, 10)
+            await asyncio.wait_for(mic, 10)
+            assert [e["code"] for e in client.errors() if not e["fatal"]] == []
+            last = [e for e in client.events if isinstance(e, dict) and e.get("type") == "resume_token"][-1]
+        async with session_app(resume_key=KEY) as other, VoiceChatClient.connect(other.ws_url) as client:
+            resumed = await _resume(client, last["token"])
+            assert [m["content"] for m in resumed["messages"]] == [SCRIPT[0], "Noted."]

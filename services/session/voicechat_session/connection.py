@@ -130,6 +130,8 @@ class Connection:
         self._last_error_at: dict[str, float] = {}
         self._closing = False
         self.draining = False
+        self._drain_utterance: asyncio.Event | None = None
+        """While draining: set when the utterance the person was in the middle of has ended."""
         self.closed = asyncio.Event()
 
     # ------------------------------------------------------------------------------------------ lifecycle
@@ -226,12 +228,18 @@ class Connection:
         """SIGTERM: no new turns; the turn in progress may finish within ``grace_s``; the client gets its
         latest resume token (to continue on another pod); then close 1001."""
         self.draining = True
-        turn = self.turn
-        if turn is not None and turn.active:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(grace_s):
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace_s):
+                if self.input is not None and self.input.speaking:
+                    # Mid-sentence: that utterance is the turn in flight. Let it end and be answered, so
+                    # the conversation resumes elsewhere without losing what the person just said.
+                    self._drain_utterance = asyncio.Event()
+                    await self._drain_utterance.wait()
+                turn = self.turn
+                if turn is not None and turn.active:
                     await asyncio.shield(turn.finalized)
-            self._interrupt(turn, "shutdown")
+        if self.turn is not None and self.turn.active:
+            self._interrupt(self.turn, "shutdown")
         if not self._closing:
             self.send(_ResumeToken())
         self.close(
@@ -530,8 +538,10 @@ class Connection:
                     "short utterance ignored while the assistant speaks",
                     extra={"session_id": self.session_id},
                 )
-                return
-            self._start_turn("voice", audio=event.audio, user_end=event.user_end, decided=event.decided)
+            else:
+                self._start_turn("voice", audio=event.audio, user_end=event.user_end, decided=event.decided)
+            if self._drain_utterance is not None:
+                self._drain_utterance.set()
         elif isinstance(event, Partial):
             self.send(TranscriptMessage(text=event.text, final=False, turn_id=self._turn_seq + 1))
         elif isinstance(event, Refused):
@@ -564,7 +574,11 @@ class Connection:
         user_end: float | None = None,
         decided: float | None = None,
     ) -> None:
-        if self.draining or self._closing:
+        # Draining takes no new turns, except the one of the utterance that was under way when it began.
+        finishing_utterance = (
+            source == "voice" and self._drain_utterance is not None and not self._drain_utterance.is_set()
+        )
+        if self._closing or (self.draining and not finishing_utterance):
             self._error("shutting_down", "the server is shutting down; no new turns")
             return
         assert self._runner is not None
