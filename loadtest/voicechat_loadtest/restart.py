@@ -73,6 +73,7 @@ class Conversation(BaseModel):
     user: int
     turns_ok: int = 0
     turns_lost: int = 0
+    lost: list[str] = Field(default_factory=list, description="Why each lost turn was lost.")
     turn_errors: dict[str, int] = Field(default_factory=dict)
     connections: int = 0
     resumes_ok: int = 0
@@ -295,6 +296,7 @@ async def _drive(config: RestartConfig, pods: _Pods, speeches: list[Speech]) -> 
                         completed.append(sample.transcript)
                 elif sample.error in LOST_ERRORS or client.closed:
                     result.turns_lost += 1
+                    result.lost.append(f"turn {turn} at {sample.at_s:.1f} s: {sample.error_message}")
                 else:
                     result.turn_errors[sample.error] = result.turn_errors.get(sample.error, 0) + 1
                 if turn < config.turns:
