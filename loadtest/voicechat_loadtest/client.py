@@ -110,6 +110,7 @@ class TurnSample(BaseModel):
     server: TurnMetricsMessage | None = None
     error: str | None = None
     error_message: str | None = None
+    interrupt_reason: str | None = None  # why the server interrupted our reply (error "interrupted")
 
 
 # ------------------------------------------------------------------------------------- recorders
@@ -178,6 +179,7 @@ class TurnRecorder:
     metrics: TurnMetricsMessage | None = None
     error: str | None = None
     error_message: str | None = None
+    interrupt_reason: str | None = None
 
     @property
     def replied(self) -> bool:
@@ -225,7 +227,8 @@ class TurnRecorder:
         elif isinstance(msg, TurnMetricsMessage) and self._ours(msg.turn_id) and self.turn_id is not None:
             self.metrics = msg
         elif isinstance(msg, InterruptedMessage) and self._ours(msg.turn_id) and self.turn_id is not None:
-            self.fail("interrupted", f"the server interrupted reply {msg.turn_id}")
+            self.fail("interrupted", f"the server interrupted reply {msg.turn_id} ({msg.reason})")
+            self.interrupt_reason = msg.reason
         elif isinstance(msg, ReadyMessage):
             self.fail("bad_message", "a second `ready` on the same connection")
         # started, vad, partial transcripts, audio_start, history_cleared, resume_token: nothing to measure.
@@ -254,6 +257,7 @@ class TurnRecorder:
             server=self.metrics,
             error=self.error,
             error_message=self.error_message,
+            interrupt_reason=self.interrupt_reason,
         )
 
 

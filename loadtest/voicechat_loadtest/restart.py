@@ -33,7 +33,8 @@ from voicechat_loadtest.speech import Speech, load_speech
 from voicechat_session.protocol import ResumedMessage
 
 LOST_ERRORS = frozenset({"closed", "shutting_down"})
-"""Turn errors that mean "its process went away mid-turn" (anything else is an ordinary turn error)."""
+"""Turn errors that mean "its process went away mid-turn", with a reply interrupted for ``shutdown`` (the
+drain's grace ran out); anything else is an ordinary turn error."""
 RECONNECT_PAUSE_S = 0.5
 """Pause after every process refused a connection once (all restarting): no tight loop."""
 
@@ -294,7 +295,7 @@ async def _drive(config: RestartConfig, pods: _Pods, speeches: list[Speech]) -> 
                     result.turns_ok += 1
                     if sample.transcript:
                         completed.append(sample.transcript)
-                elif sample.error in LOST_ERRORS or client.closed:
+                elif sample.error in LOST_ERRORS or sample.interrupt_reason == "shutdown" or client.closed:
                     result.turns_lost += 1
                     result.lost.append(f"turn {turn} at {sample.at_s:.1f} s: {sample.error_message}")
                 else:
