@@ -129,7 +129,11 @@ def test_going_away_reconnects_at_once_and_resumes(open_page: OpenPage, site: st
     assert s["reconnectInSeconds"] is None
     assert s["resumeOutcomes"] == ["ok"]
     assert len(server.routes) == 2
-    assert starts(server)[-1]["resume_token"] == handed_over
+    resumed_start = starts(server)[-1]
+    assert resumed_start["resume_token"] == handed_over
+    # No voice or speed of the person's own: the conversation's restored ones apply.
+    assert "voice" not in resumed_start
+    assert "speed" not in resumed_start
     expect(page.locator(".note").last).to_have_text("Reconnected: the conversation continues.")
     expect(page.locator(".msg.user .body").first).to_have_text("My name is Ada.")
 

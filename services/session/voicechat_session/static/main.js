@@ -72,6 +72,7 @@ function setConnection(state, text) {
 }
 
 function onClosed() {
+  resetPending = false; // that socket's tokens are all in; the next one starts clean
   page.clearSessionInfo();
   vc.sessionId = null;
   vc.started = false;
@@ -87,7 +88,10 @@ function send(message) {
 // `resumeToken`: continue that conversation (only in the first `start` of a connection).
 function sendStart(resumeToken = null) {
   if (vc.started) return;
-  if (send(clientMessage.start(CAPTURE_RATE, vc.voice, vc.speed, resumeToken))) {
+  // Resuming, only the person's own choices go along: otherwise the conversation's voice and speed apply.
+  const voice = resumeToken && !prefs.voice ? undefined : vc.voice;
+  const speed = resumeToken && typeof prefs.speed !== "number" ? undefined : vc.speed;
+  if (send(clientMessage.start(CAPTURE_RATE, voice, speed, resumeToken))) {
     vc.started = true;
     if (resumeToken) vc.resumeSent += 1;
   }
@@ -120,7 +124,7 @@ const HANDLERS = {
     const token = resume.token;
     if (token) {
       // Continue the conversation this tab had (a reconnect, a reload, another pod after a drain): `start`
-      // carries its token and `resumed` answers; the person's voice and speed go along.
+      // carries its token and `resumed` answers.
       sendStart(token);
     } else {
       resume.keep(msg.resume_token);
