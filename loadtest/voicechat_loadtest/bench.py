@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -22,10 +23,11 @@ from typing import Literal
 import httpx
 from pydantic import BaseModel, Field
 
-from voicechat_common.localstack import LocalStack, ServiceStartError, free_port
+from voicechat_common.localstack import LOCAL_LLM_NICE, LocalStack, ServiceStartError, free_port
 from voicechat_llm.report import WarmupReport
 from voicechat_loadtest import __version__
 from voicechat_loadtest.client import ClientOptions, ConnectSample, VoiceClient
+from voicechat_loadtest.machine import CpuShare, CpuSnapshot, describe, pids_cpu_s, self_and_children_cpu_s
 from voicechat_loadtest.report import LoadReport
 from voicechat_loadtest.runner import LoadConfig, run_load
 from voicechat_loadtest.speech import Speech, load_speech
@@ -39,10 +41,6 @@ MAX_SESSIONS = max(*CONNECT_LEVELS, *CAPACITY_LEVELS)
 # Bytes of RAM one sharing=connection session may take (Whisper tiny + Kokoro int8 + VAD, measured ~0.7 GB);
 # the 16-connection round is skipped rather than run the shared machine out of memory.
 CONNECTION_SESSION_BYTES = 900 * 1024**2
-SHARED_MACHINE_NOTE = (
-    "Measured on a shared development VM: other engineers' builds and tests ran at the same time, so "
-    "figures are conservative; the load average before and after is recorded."
-)
 
 
 def _env_name(field: str) -> str:
@@ -59,7 +57,8 @@ class MachineInfo(BaseModel):
     python: str
     load_average_start: tuple[float, float, float]
     load_average_end: tuple[float, float, float] | None = None
-    note: str = SHARED_MACHINE_NOTE
+    cpu: CpuShare | None = Field(None, description="CPU use over the whole run: ours and other processes'.")
+    note: str = Field("", description="What the load figures say about the run, in words.")
 
 
 class ConnectLevel(BaseModel):
@@ -79,6 +78,11 @@ class TtfaLevel(BaseModel):
     errors: dict[str, int]
     transcript_matches: int
     passed: bool | None = None
+    breakdown_ms: dict[str, Summary] = Field(
+        default_factory=dict,
+        description="The server's per-turn figures (`turn_metrics`, every numeric field it sent), in ms.",
+    )
+    cpu: CpuShare | None = Field(None, description="CPU use while this level ran.")
 
 
 class CapacityResult(BaseModel):
@@ -143,7 +147,33 @@ def machine_info() -> MachineInfo:
     )
 
 
-def ttfa_level(report: LoadReport, threshold_s: float | None = None) -> TtfaLevel:
+def server_breakdown(report: LoadReport) -> dict[str, Summary]:
+    """Every numeric field of the server's ``turn_metrics`` over the level's successful turns.
+
+    Read generically, so that stages the server adds to its breakdown are recorded without a change here.
+    """
+    values: dict[str, list[float]] = {}
+    for turn in report.turns:
+        if turn.error is not None or turn.server is None:
+            continue
+        for name, value in turn.server.model_dump().items():
+            if name == "turn_id" or isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            values.setdefault(name, []).append(float(value))
+    return {name: summarize(samples) for name, samples in values.items()}
+
+
+@dataclass
+class LevelRun:
+    """One load level as measured: the load test's report and the CPU use meanwhile."""
+
+    report: LoadReport
+    cpu: CpuShare | None = None
+
+
+def ttfa_level(
+    report: LoadReport, threshold_s: float | None = None, cpu: CpuShare | None = None
+) -> TtfaLevel:
     ttfa = report.summary["ttfa_s"]
     passed = None
     if threshold_s is not None:
@@ -157,6 +187,8 @@ def ttfa_level(report: LoadReport, threshold_s: float | None = None) -> TtfaLeve
         errors=report.errors,
         transcript_matches=report.transcript_matches,
         passed=passed,
+        breakdown_ms=server_breakdown(report),
+        cpu=cpu,
     )
 
 
@@ -224,11 +256,44 @@ def markdown_table(results: BenchResults) -> str:
     m = results.machine
     footer = (
         f"\n{m.cpu_model}, {m.cores} cores, {m.ram_gib:g} GiB RAM, no GPU; {results.date[:10]}; "
-        f"LLM {Path(results.llm.model).name} ({results.llm.engine}); load average before/after "
-        f"{m.load_average_start[0]:.1f}/{(m.load_average_end or (0.0,))[0]:.1f}. TTFA is measured by the client "
-        f"from the end of its speech, so it includes the server's end-of-turn silence. {m.note}"
+        f"LLM {Path(results.llm.model).name} ({results.llm.engine}). TTFA is measured by the client from the "
+        f"end of its speech, so it includes the server's end-of-turn silence. "
+        + (m.note or describe(m.cores, m.load_average_start, m.load_average_end, m.cpu))
     )
-    return "\n".join(rows) + "\n" + footer + "\n"
+    return "\n".join(rows) + "\n" + footer + "\n" + breakdown_table(results)
+
+
+def _levels_by_users(results: BenchResults) -> list[TtfaLevel]:
+    by_users = {lvl.users: lvl for lvl in results.ttfa}
+    by_users.update({lvl.users: lvl for lvl in results.capacity.levels})
+    return [by_users[n] for n in sorted(by_users)]
+
+
+def breakdown_table(results: BenchResults) -> str:
+    """The server's per-turn breakdown, p50 per load level (every field it reported), and other CPU use."""
+    levels = _levels_by_users(results)
+    fields: list[str] = []
+    for lvl in levels:
+        fields += [name for name in lvl.breakdown_ms if name not in fields]
+    if not levels or not fields:
+        return ""
+    head = "| server breakdown, p50 | " + " | ".join(
+        "1 user" if lvl.users == 1 else f"{lvl.users} users" for lvl in levels
+    )
+    rows = ["", head + " |", "|---" * (len(levels) + 1) + "|"]
+    for name in fields:
+        cells = []
+        for lvl in levels:
+            summary = lvl.breakdown_ms.get(name)
+            p50 = summary.p50 if summary is not None else None
+            cells.append("-" if p50 is None else f"{p50:.0f}" if name.endswith("_ms") else f"{p50:g}")
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    rows.append(
+        "| other processes' CPU share | "
+        + " | ".join("-" if lvl.cpu is None else f"{lvl.cpu.others:.0%}" for lvl in levels)
+        + " |"
+    )
+    return "\n".join(rows) + "\n"
 
 
 def write_bench_plot(results: BenchResults, path: Path) -> Path:
@@ -327,25 +392,34 @@ def _users_config(url: str, users: int, turns: int) -> LoadConfig:
     )
 
 
-async def measure_users(url: str, users: int, turns: int, speeches: list[Speech]) -> LoadReport:
+async def measure_users(
+    url: str, users: int, turns: int, speeches: list[Speech], pids: Sequence[int] = ()
+) -> LevelRun:
+    """``users`` talking at once; ``pids``: our service processes, whose CPU time is not "other processes"."""
+    ours = [os.getpid(), *pids]
+    before = CpuSnapshot.take(pids_cpu_s(ours))
     report = await run_load(_users_config(url, users, turns), speeches, progress=False)
+    after = CpuSnapshot.take(pids_cpu_s(ours))
+    cpu = CpuShare.between(before, after) if before is not None and after is not None else None
     ttfa = report.summary["ttfa_s"]
     _say(
         f"{users} user(s) x {turns} turns: TTFA p50 {_fmt_s(ttfa.p50)}, p95 {_fmt_s(ttfa.p95)}, "
         f"errors {report.errors or 'none'}, transcript matches {report.transcript_matches}/{report.turns_total}"
+        + (f", other processes' CPU {cpu.others:.0%}" if cpu is not None else "")
     )
-    return report
+    return LevelRun(report, cpu)
 
 
 async def find_capacity(
     url: str,
     speeches: list[Speech],
-    known: dict[int, LoadReport],
+    known: dict[int, LevelRun],
     turns: int,
     out_of_time: Callable[[float], bool],
+    pids: Sequence[int] = (),
 ) -> CapacityResult:
     """Step through CAPACITY_LEVELS until TTFA p95 exceeds twice the single-user p50 (or time runs out)."""
-    single = known[1].summary["ttfa_s"].p50
+    single = known[1].report.summary["ttfa_s"].p50
     threshold = 2 * single if single is not None else None
     levels: list[TtfaLevel] = []
     max_users: int | None = None
@@ -356,9 +430,9 @@ async def find_capacity(
             stopped = f"time budget reached before {users} users"
             break
         started = time.perf_counter()
-        report = known.get(users) or await measure_users(url, users, turns, speeches)
+        run = known.get(users) or await measure_users(url, users, turns, speeches, pids)
         last_level_s = time.perf_counter() - started
-        level = ttfa_level(report, threshold)
+        level = ttfa_level(run.report, threshold, run.cpu)
         levels.append(level)
         if not level.passed:
             stopped = (
@@ -384,12 +458,17 @@ def session_service(stack: LocalStack, sharing: Sharing) -> Iterator[str]:
             stack.session = None
 
 
-def run_bench(out: Path, budget_s: float = 600.0, quick: bool = False) -> int:
+def _service_pids(stack: LocalStack) -> list[int]:
+    return [p.proc.pid for p in stack.processes() if p.proc is not None]
+
+
+def run_bench(out: Path, budget_s: float = 600.0, quick: bool = False, llm_nice: int = LOCAL_LLM_NICE) -> int:
     began = time.perf_counter()
     machine = machine_info()
+    cpu_start = CpuSnapshot.take(self_and_children_cpu_s())
     speeches = load_speech()
     log_dir = Path(tempfile.mkdtemp(prefix="voicechat-bench-"))
-    stack = LocalStack.on_free_ports(with_session=False, log_dir=log_dir)
+    stack = LocalStack.on_free_ports(with_session=False, log_dir=log_dir, llm_nice=llm_nice)
     connect_rounds = {1: 2, 4: 1, 16: 1} if quick else {1: 10, 4: 4, 16: 2}
     conn_rounds = {1: 1, 4: 1, 16: 1} if quick else {1: 3, 4: 1, 16: 1}
     turns_single, turns_multi = (2, 1) if quick else (6, 3)
@@ -404,13 +483,14 @@ def run_bench(out: Path, budget_s: float = 600.0, quick: bool = False) -> int:
         _say(f"LLM ready: warm-up {_fmt_s(warm.warmup_seconds)}, warm TTFT {_fmt_s(warm.warm_ttft_seconds)}")
         with session_service(stack, "pod") as url:
             pod_connects = asyncio.run(measure_connects(url, connect_rounds, "pod"))
+            pids = _service_pids(stack)
             known = {
-                1: asyncio.run(measure_users(url, 1, turns_single, speeches)),
-                4: asyncio.run(measure_users(url, 4, turns_multi, speeches)),
+                1: asyncio.run(measure_users(url, 1, turns_single, speeches, pids)),
+                4: asyncio.run(measure_users(url, 4, turns_multi, speeches, pids)),
             }
-            ttfa = [ttfa_level(known[1]), ttfa_level(known[4])]
+            ttfa = [ttfa_level(run.report, cpu=run.cpu) for run in (known[1], known[4])]
             capacity = asyncio.run(
-                find_capacity(url, speeches, known, turns_multi, lambda s: out_of_time(s + 60.0))
+                find_capacity(url, speeches, known, turns_multi, lambda s: out_of_time(s + 60.0), pids)
             )
             _say(f"capacity: {capacity.max_users} users ({capacity.stopped})")
         with session_service(stack, "connection") as url:
@@ -422,6 +502,11 @@ def run_bench(out: Path, budget_s: float = 600.0, quick: bool = False) -> int:
         stack.stop()
 
     machine.load_average_end = os.getloadavg()
+    # Every service has exited and been waited for: its CPU time is in our children's usage now.
+    cpu_end = CpuSnapshot.take(self_and_children_cpu_s())
+    if cpu_start is not None and cpu_end is not None:
+        machine.cpu = CpuShare.between(cpu_start, cpu_end)
+    machine.note = describe(machine.cores, machine.load_average_start, machine.load_average_end, machine.cpu)
     pod_by, conn_by = (
         {lvl.concurrent: lvl for lvl in pod_connects},
         {lvl.concurrent: lvl for lvl in conn_connects},
@@ -443,6 +528,9 @@ def run_bench(out: Path, budget_s: float = 600.0, quick: bool = False) -> int:
             "capacity": "levels " + ", ".join(map(str, CAPACITY_LEVELS)) + ": a level passes when it has no "
             "errors and TTFA p95 <= 2 x single-user p50; stop at the first failing level.",
             "speech": ", ".join(f"{s.name} ({s.duration_s:.1f} s)" for s in speeches),
+            "machine": "CPU shares from /proc/stat (all cores) against the CPU time of the bench and the services "
+            "it started; 'others' is everything else, including a hypervisor's steal time.",
+            "llm_nice": f"the LLM engine's threads run at nice {stack.llm_nice} (voicechat-llm --nice)",
         },
         llm=LlmResult(
             engine=warm.engine,

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import pydantic
 
+from voicechat_common.localstack import LOCAL_LLM_NICE
 from voicechat_common.logging import configure_logging
 from voicechat_loadtest.client import BadTargetError
 from voicechat_loadtest.report import format_table, write_plot
@@ -108,6 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("-o", "--out", type=Path, default=Path("bench"), help="results directory (bench/)")
     bench.add_argument("--budget-min", type=float, default=10.0, help="soft time budget in minutes (10)")
     bench.add_argument("--quick", action="store_true", help="fewer samples (for a smoke run)")
+    bench.add_argument(
+        "--llm-nice",
+        type=int,
+        default=LOCAL_LLM_NICE,
+        choices=range(20),
+        metavar="0-19",
+        help=f"nice value of the LLM engine's threads ({LOCAL_LLM_NICE}; see voicechat-llm --nice)",
+    )
     return parser
 
 
@@ -189,7 +198,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench":
             from voicechat_loadtest.bench import run_bench
 
-            return run_bench(args.out, budget_s=args.budget_min * 60, quick=args.quick)
+            return run_bench(
+                args.out, budget_s=args.budget_min * 60, quick=args.quick, llm_nice=args.llm_nice
+            )
         return _run(args)
     except BadTargetError as err:
         sys.stderr.write(f"voicechat-loadtest: error: {err}\n")

@@ -26,10 +26,13 @@ OPERATION_VERBS: dict[str, tuple[str, ...]] = {
     # Server-side apply is a PATCH; when the object does not exist yet, the API server creates it.
     "apply": ("create", "patch"),
     "delete": ("delete",),
+    # A JSON patch that replaces a drifted keyed list (port lists) before the apply; see reconcile.
+    "replace_lists": ("patch",),
     "patch_status": ("patch",),
 }
 APPLY_CONTENT_TYPE = "application/apply-patch+yaml"  # a JSON body is valid YAML
 MERGE_CONTENT_TYPE = "application/merge-patch+json"
+JSON_PATCH_CONTENT_TYPE = "application/json-patch+json"
 
 
 class KubeApiError(RuntimeError):
@@ -81,7 +84,7 @@ class KubeClient:
         method: str,
         path: str,
         *,
-        body: Mapping[str, Any] | None = None,
+        body: Mapping[str, Any] | list[dict[str, Any]] | None = None,
         content_type: str | None = None,
         params: Mapping[str, str] | None = None,
     ) -> dict[str, Any] | None:
@@ -121,6 +124,16 @@ class KubeClient:
                 404, "PATCH", path, f"{kind.kind} ({kind.api_version}) is not served by this cluster"
             )
         return result
+
+    async def replace_lists(
+        self, kind: Kind, namespace: str, name: str, operations: list[dict[str, Any]]
+    ) -> None:
+        """A JSON patch (RFC 6902) under the operator's field manager, e.g. ``test`` + ``replace`` operations."""
+        path = kind.path(namespace, name)
+        params = {"fieldManager": self._field_manager}
+        await self._request(
+            "PATCH", path, body=operations, content_type=JSON_PATCH_CONTENT_TYPE, params=params
+        )
 
     async def delete(self, kind: Kind, namespace: str, name: str) -> bool:
         """Delete one object (background propagation); False if it was not there."""

@@ -10,6 +10,7 @@ import kopf
 from voicechat_common.logging import configure_logging
 from voicechat_operator import __version__
 from voicechat_operator.handlers import build_registry
+from voicechat_operator.logs import install_filters
 from voicechat_operator.settings import OperatorSettings
 
 logger = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ def kopf_options(settings: OperatorSettings) -> dict[str, Any]:
 def main() -> None:
     settings = OperatorSettings()
     configure_logging(settings.log_level, settings.log_format)
+    install_filters()
     logger.info(
         "starting",
         extra={

@@ -15,8 +15,9 @@ from voicechat_operator.kube import OPERATION_VERBS
 
 # kopf watches = list + watch.
 WATCH_VERBS = ("list", "watch")
-# Calls reconcile makes on each child: read to detect drift, apply, and (for optional ones) delete.
-CHILD_OPERATIONS = ("get", "apply")
+# Calls reconcile makes on each child: read to detect drift, replace drifted port lists, apply, and (for
+# optional ones) delete.
+CHILD_OPERATIONS = ("get", "replace_lists", "apply")
 OPTIONAL_CHILD_OPERATIONS = ("delete",)
 # On the VoiceChat: the child handlers read their owner; kopf patches its annotations (progress storage).
 OWNER_VERBS = ("get", "patch")

@@ -50,6 +50,53 @@ def is_subset(desired: Any, actual: Any) -> bool:
     return bool(desired == actual)
 
 
+# Lists the API server merges by a key other than the name (server-side apply "map" lists): an entry whose key
+# another manager changed is a different entry, so a forced apply adds ours beside it and the duplicate name
+# is rejected (422 ... Duplicate value: "http"). Such a list is replaced by a JSON patch first.
+PORT_KEYS = {"port", "containerPort"}
+
+
+def _port_key(entry: Mapping[str, Any]) -> tuple[Any, ...]:
+    number = next((entry[k] for k in sorted(PORT_KEYS) if k in entry), None)
+    return number, entry.get("protocol", "TCP")
+
+
+def _keys_differ(desired: list[Any], live: Any) -> bool:
+    if not isinstance(live, list):
+        return True
+    return sorted(map(_port_key, desired)) != sorted(map(_port_key, live)) or len(desired) != len(live)
+
+
+def port_list_repairs(desired: Mapping[str, Any], live: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """JSON patch operations that put back the port lists of ``desired`` whose keys drifted in ``live``.
+
+    Covers a Service's ``spec.ports`` and each container's ``ports`` in a pod template (containers matched
+    by name). Empty when no keyed list drifted (a forced apply repairs every other field). The first
+    operation tests the resourceVersion, so a concurrent change makes the patch fail instead of clobbering it.
+    """
+    operations: list[dict[str, Any]] = []
+    spec, live_spec = desired.get("spec") or {}, live.get("spec") or {}
+    if (
+        desired.get("kind") == "Service"
+        and "ports" in spec
+        and _keys_differ(spec["ports"], live_spec.get("ports"))
+    ):
+        operations.append({"op": "replace", "path": "/spec/ports", "value": spec["ports"]})
+    pod = (spec.get("template") or {}).get("spec") or {}
+    live_containers = ((live_spec.get("template") or {}).get("spec") or {}).get("containers") or []
+    for container in pod.get("containers") or []:
+        index = next((i for i, c in enumerate(live_containers) if c.get("name") == container["name"]), None)
+        if index is None or "ports" not in container:
+            continue  # a missing container is added by the apply itself
+        if _keys_differ(container["ports"], live_containers[index].get("ports")):
+            path = f"/spec/template/spec/containers/{index}/ports"
+            operations.append({"op": "replace", "path": path, "value": container["ports"]})
+    if not operations:
+        return []
+    version = live.get("metadata", {}).get("resourceVersion")
+    return [{"op": "test", "path": "/metadata/resourceVersion", "value": version}, *operations]
+
+
 def owner_of(body: Mapping[str, Any]) -> Owner:
     meta = body["metadata"]
     return Owner(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
@@ -142,7 +189,7 @@ class Reconciler:
                     "child drifted: restoring",
                     extra=_log_extra(owner, kind=kind.kind, child=name, event=event_type or "LISTED"),
                 )
-                await self.client.apply(desired)
+                await self._apply(desired, None if event_type == "DELETED" else child)
                 applied.append(f"{kind.kind}/{name}")
             previous = body.get("status") or {}
             # Only a full reconcile of the spec advances observedGeneration; until one has run, it writes status.
@@ -156,11 +203,12 @@ class Reconciler:
         applied = []
         for obj in render_children(owner, spec):
             kind, name = kinds.kind_of(obj), obj["metadata"]["name"]
+            live = None
             if not force:
                 live = await self.client.get(kind, owner.namespace, name)
                 if live is not None and is_subset(obj, live):
                     continue
-            await self.client.apply(obj)
+            await self._apply(obj, live)
             applied.append(f"{kind.kind}/{name}")
         for kind, name in absent_children(owner, spec):
             live = await self.client.get(kind, owner.namespace, name)
@@ -170,6 +218,38 @@ class Reconciler:
         if applied:
             logger.info("children applied", extra=_log_extra(owner, applied=applied, force=force))
         return applied
+
+    async def _apply(self, desired: Mapping[str, Any], live: Mapping[str, Any] | None) -> None:
+        """Server-side apply ``desired``, first replacing port lists whose keys drifted in ``live``.
+
+        Without ``live`` (a forced apply), the object is read only when the apply is rejected as invalid.
+        """
+        kind, meta = kinds.kind_of(dict(desired)), desired["metadata"]
+        if live is not None:
+            await self._replace_drifted_lists(kind, desired, live)
+        try:
+            await self.client.apply(desired)
+        except KubeApiError as exc:
+            if exc.status != 422 or live is not None:
+                raise
+            current = await self.client.get(kind, meta["namespace"], meta["name"])
+            if current is None or not await self._replace_drifted_lists(kind, desired, current):
+                raise
+            await self.client.apply(desired)
+
+    async def _replace_drifted_lists(
+        self, kind: kinds.Kind, desired: Mapping[str, Any], live: Mapping[str, Any]
+    ) -> bool:
+        operations = port_list_repairs(desired, live)
+        if operations:
+            meta = desired["metadata"]
+            logger.info(
+                "port list drifted: replacing it",
+                extra={"namespace": meta["namespace"], "child": meta["name"], "kind": kind.kind,
+                       "paths": [op["path"] for op in operations[1:]]},
+            )  # fmt: skip
+            await self.client.replace_lists(kind, meta["namespace"], meta["name"], operations)
+        return bool(operations)
 
     async def _write_status(
         self,

@@ -30,8 +30,11 @@ class OperatorSettings(BaseSettings):
         HEALTH_PORT, ge=1, le=65535, description="Port of the liveness endpoint (/healthz)."
     )
     field_manager: str = Field(OPERATOR_NAME, description="Server-side apply field manager of every write.")
-    resync_interval_s: float = Field(
-        60.0, gt=0, description="Timer: re-check children for drift and refresh status this often."
+    retry_initial_delay_s: float = Field(
+        2.0, gt=0, description="First retry of a failed apply after this long; doubled after each failure."
+    )
+    retry_max_delay_s: float = Field(
+        60.0, gt=0, description="Longest wait between two retries of a failed apply."
     )
     api_timeout_s: float = Field(30.0, gt=0, description="Timeout of one API request made by the operator.")
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -12,12 +12,15 @@ from voicechat_loadtest.bench import (
     connect_level,
     machine_info,
     markdown_table,
+    server_breakdown,
     ttfa_level,
     write_bench_plot,
 )
 from voicechat_loadtest.client import ConnectSample
+from voicechat_loadtest.machine import CpuShare
 from voicechat_loadtest.report import build_report
 from voicechat_loadtest.stats import ratio, summarize
+from voicechat_session.protocol import TurnMetricsMessage
 
 from .test_report import _turn
 
@@ -36,7 +39,7 @@ def _results() -> BenchResults:
         target="t", started_at="x", wall_s=1, config={}, users=1,
         connects=[], turns=[_turn(0, 1.0), _turn(0, 1.2)],
     )  # fmt: skip
-    level = ttfa_level(one, threshold_s=2.2)
+    level = ttfa_level(one, threshold_s=2.2, cpu=CpuShare(seconds=30, busy=0.9, ours=0.6, others=0.3))
     return BenchResults(
         date="2026-01-01T00:00:00+00:00",
         bench_seconds=300.0,
@@ -102,7 +105,37 @@ def test_markdown_table() -> None:
     assert "| LLM warm-up (engine start → ready) | 3.25 s | | |" in table
     assert "(2.20 s) | 3 | | |" in table
     assert "SmolLM2.gguf (llamacpp)" in table
+    # No fixed sentence about other jobs: the note says what was measured (here nothing of the CPU use).
+    assert "Load average (1 min)" in table
+    assert "CPU use of other processes not measured" in table
 
 
 def test_bench_plot(tmp_path: Path) -> None:
     assert write_bench_plot(_results(), tmp_path / "b.png").read_bytes().startswith(b"\x89PNG")
+
+
+class _GrownMetrics(TurnMetricsMessage):
+    """A server that reports a stage this client does not know yet."""
+
+    speculation_ms: float | None = None
+
+
+def test_server_breakdown_records_every_numeric_field_the_server_sends() -> None:
+    turns = [_turn(0, 1.0), _turn(0, 2.0), _turn(1, 9.0, error="closed")]
+    turns[1].server = _GrownMetrics(turn_id=2, source="voice", stt_ms=600.0, speculation_ms=120.0)
+    report = build_report(
+        target="t", started_at="x", wall_s=1, config={}, users=1, connects=[], turns=turns
+    )  # fmt: skip
+    breakdown = server_breakdown(report)
+    assert set(breakdown) == {"stt_ms", "time_to_first_audio_ms", "speculation_ms"}  # no ids, flags or Nones
+    assert (breakdown["stt_ms"].count, breakdown["stt_ms"].p50) == (2, 500.0)  # the failed turn left out
+    assert breakdown["speculation_ms"].count == 1
+    assert ttfa_level(report).breakdown_ms == breakdown
+
+
+def test_markdown_breakdown_table() -> None:
+    table = markdown_table(_results())
+    assert "| server breakdown, p50 | 1 user |" in table
+    assert "| stt_ms | 400 |" in table
+    assert "| time_to_first_audio_ms | 1100 |" in table
+    assert "| other processes' CPU share | 30% |" in table

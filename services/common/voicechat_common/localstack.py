@@ -101,6 +101,13 @@ class ManagedProcess:
         return code
 
 
+# The LLM engine's nice value on one machine, where it shares the cores with speech synthesis (on Kubernetes
+# it is a pod of its own). Raising it lets a first phrase's synthesis go before the rest of the reply is
+# generated; 0 until a quiet-machine bench shows the gain: on the shared development machine, nice 10 showed
+# no first-phrase gain within the noise but cut the engine to 2-4 tokens/s under other users' load.
+LOCAL_LLM_NICE = 0
+
+
 @dataclass
 class LocalStack:
     """LLM service (embedded llama.cpp engine) + session service on loopback ports."""
@@ -110,6 +117,7 @@ class LocalStack:
     llm_gate_port: int = 8001
     session_port: int = 8080
     with_session: bool = True
+    llm_nice: int = LOCAL_LLM_NICE
     llm_env: dict[str, str] = field(default_factory=dict)
     session_env: dict[str, str] = field(default_factory=dict)
     resume_key: str = field(
@@ -158,6 +166,7 @@ class LocalStack:
                 "VOICECHAT_LLM_HOST": self.host,
                 "VOICECHAT_LLM_ENGINE_PORT": str(self.llm_engine_port),
                 "VOICECHAT_LLM_GATE_PORT": str(self.llm_gate_port),
+                "VOICECHAT_LLM_NICE": str(self.llm_nice),
                 **self.llm_env,
             },
             log_path=self._log("llm"),
@@ -222,6 +231,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--llm-port", type=int, default=8000)
     parser.add_argument("--gate-port", type=int, default=8001)
     parser.add_argument("--llm-only", action="store_true", help="start only the LLM service")
+    parser.add_argument(
+        "--llm-nice",
+        type=int,
+        default=LOCAL_LLM_NICE,
+        choices=range(20),
+        metavar="0-19",
+        help=f"nice value of the LLM engine's threads (default {LOCAL_LLM_NICE}; higher: speech synthesis first)",
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("VOICECHAT_LLM_LOG_FORMAT", "console")
     os.environ.setdefault("VOICECHAT_SESSION_LOG_FORMAT", "console")
@@ -232,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         llm_gate_port=args.gate_port,
         session_port=args.port,
         with_session=not args.llm_only,
+        llm_nice=args.llm_nice,
     )
     stopping = False
 

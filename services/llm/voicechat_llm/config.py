@@ -141,6 +141,10 @@ def plan(settings: LLMSettings) -> StartPlan:
             f"engine port and gate port are both {settings.engine_port}: set {flag_and_env('gate_port')} "
             "to another port"
         )
+    if settings.engine == "vllm" and settings.nice:
+        raise ConfigError(
+            f"{flag_and_env('nice')} applies to the embedded llamacpp engine only; unset it for engine=vllm"
+        )
     check_engine_installed(settings)
     model = resolve_model(settings)
     system_prompt = load_system_prompt(settings)

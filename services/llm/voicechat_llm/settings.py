@@ -80,6 +80,15 @@ class LLMSettings(BaseSettings):
         description="llama.cpp: how hard idle worker threads busy-wait for work (0-100; 0 = sleep). "
         "Polling only pays on cores nobody else uses.",
     )
+    nice: int = Field(
+        0,
+        ge=0,
+        le=19,
+        description="llama.cpp: OS scheduling priority (nice) of the engine's threads; 0 = normal, higher "
+        "yields the CPU to other processes first. On cores shared with speech synthesis (the local stack), "
+        "a first phrase is then not slowed by the rest of the reply being generated. The gate keeps normal "
+        "priority. An unprivileged process can only raise it.",
+    )
     gpu_memory_utilization: float = Field(0.90, gt=0, le=1, description="vLLM --gpu-memory-utilization.")
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM --tensor-parallel-size.")
     enable_prefix_caching: bool = Field(True, description="vLLM --enable-prefix-caching.")

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import xllamacpp
@@ -50,6 +54,27 @@ def build_params(settings: LLMSettings, plan: StartPlan) -> Any:
     return params
 
 
+def thread_nice() -> int:
+    """The calling thread's nice value (Linux schedules threads, so each has its own)."""
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+def _start_server(params: Any, nice: int) -> Any:
+    """Create the server from a thread whose nice value its threads inherit (HTTP, slots, compute).
+
+    Runs on a thread of its own that ends afterwards: the raised nice value cannot be lowered again by an
+    unprivileged process, so it must not stay on a shared worker thread (or the gate's event loop).
+    """
+    if nice:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), thread_nice() + nice)
+    return xllamacpp.Server(params)
+
+
+async def _in_own_thread(fn: Callable[[], Any]) -> Any:
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="llamacpp-start") as pool:
+        return await asyncio.get_running_loop().run_in_executor(pool, fn)
+
+
 def _release(holder: list[Any]) -> None:
     # Dropping the last reference runs the C++ destructor, which joins the server threads.
     holder.clear()
@@ -76,10 +101,14 @@ class LlamaCppEngine(Engine):
                 "port": self.settings.engine_port,
                 "parallel": self.settings.parallel,
                 "n_ctx": total_context(self.settings),
+                "threads": self.settings.threads,
+                "nice": self.settings.nice,
             },
         )
         # Loads the model and binds the port: blocking, so off the event loop.
-        loading = asyncio.ensure_future(asyncio.to_thread(xllamacpp.Server, params))
+        loading = asyncio.ensure_future(
+            _in_own_thread(functools.partial(_start_server, params, self.settings.nice))
+        )
         try:
             server = await asyncio.shield(loading)
         except asyncio.CancelledError:

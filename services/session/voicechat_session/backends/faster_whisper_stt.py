@@ -1,16 +1,25 @@
-"""Speech to text with faster-whisper (CTranslate2): one model per pod, transcriptions in parallel."""
+"""Speech to text with faster-whisper (CTranslate2): one model per pod, transcriptions in parallel.
+
+Whisper's encoder always sees a 30 s window, padded with silence, so a 2 s question costs as much as a 28 s
+one. For short utterances the encoder can run on a shorter window through CTranslate2 directly (its cost
+shrinks with the window; ``WhisperOptions.short_window_s``, off by default), guarded against what short windows can cause (a phrase repeated in a loop, a
+hallucinated or low-confidence text): any doubt and the utterance is transcribed again on the full window.
+``loadtest/scripts/stt_window_wer.py`` compares the two on the shipped speech.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from voicechat_session.backends.base import Audio
+from voicechat_session.backends.base import STT_SAMPLE_RATE, Audio
 from voicechat_session.backends.embedded import whisper_tiny_en_dir
 from voicechat_session.settings import SessionSettings
 
@@ -28,6 +37,12 @@ class WhisperOptions:
     language: str | None = "en"
     beam_size: int = 1
     download_root: str | None = None
+    short_window_s: float = 0.0
+    """Encoder window for utterances at least 1 s shorter than it; 0 = always the full 30 s window.
+
+    Off by default: on the shipped speech a 10 s (or 15 s) window is ~4x faster but got one word of 190
+    wrong that the full window got right (bench/stt_window_wer.json), and it ships only without a loss.
+    """
 
     @classmethod
     def from_settings(cls, settings: SessionSettings, num_workers: int) -> WhisperOptions:
@@ -62,6 +77,49 @@ def resolve_model(configured: str | None) -> str:
             "Whisper model: model.bin, config.json, tokenizer.json)"
         )
     return configured
+
+
+# Whisper's own fallback thresholds (faster-whisper's defaults), and what speech can plausibly hold.
+MAX_COMPRESSION_RATIO = 2.4
+MIN_AVG_LOGPROB = -1.0
+MAX_WORDS_PER_SECOND = 5.0
+SHORT_WINDOW_TAIL_S = 1.0  # silence kept after the speech inside the short window
+FULL_WINDOW_S = 30.0
+_WORDS = re.compile(r"[\w']+")
+
+
+def compression_ratio(text: str) -> float:
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+def repeats_a_phrase(text: str) -> bool:
+    """A phrase of 3+ words said twice in a row, or one word 4 times: a decoder loop, not speech."""
+    words = [w.lower() for w in _WORDS.findall(text)]
+    for size in range(1, len(words) // 2 + 1):
+        times = 4 if size == 1 else 2 if size >= 3 else 3
+        for start in range(len(words) - size * times + 1):
+            phrase = words[start : start + size]
+            if all(words[start + k * size : start + (k + 1) * size] == phrase for k in range(1, times)):
+                return True
+    return False
+
+
+def short_window_doubt(text: str, duration_s: float, ended: bool, avg_logprob: float) -> str | None:
+    """Why a short-window transcript is not trusted (None: trusted)."""
+    if not ended:
+        return "no end of text"
+    if not _WORDS.search(text):
+        return "no words"  # "." on silence: the full window decides whether anything was said
+    if avg_logprob < MIN_AVG_LOGPROB:
+        return "low confidence"
+    if compression_ratio(text) > MAX_COMPRESSION_RATIO:
+        return "repetitive"
+    if repeats_a_phrase(text):
+        return "repeated phrase"
+    if len(_WORDS.findall(text)) > MAX_WORDS_PER_SECOND * duration_s + 2:
+        return "more words than the audio can hold"
+    return None
 
 
 class FasterWhisperSTT:
@@ -107,11 +165,67 @@ class FasterWhisperSTT:
             },
         )
 
+        self.short_window_uses = 0
+        self.short_window_fallbacks = 0
+
     def transcribe(self, audio: Audio) -> str:
         """One utterance at 16 kHz → its text, stripped."""
         samples = np.ascontiguousarray(audio, dtype=np.float32).reshape(-1)
         if samples.size == 0:
             return ""
+        window = self.options.short_window_s
+        duration = samples.size / STT_SAMPLE_RATE
+        if 0 < window < FULL_WINDOW_S and duration <= window - SHORT_WINDOW_TAIL_S:
+            text, doubt = self.transcribe_short(samples, window)
+            if doubt is None:
+                self.short_window_uses += 1
+                return text
+            self.short_window_fallbacks += 1
+            log.info("short stt window not trusted", extra={"reason": doubt, "audio_s": round(duration, 2)})
+        return self.transcribe_full(samples)
+
+    def transcribe_short(self, samples: Audio, window_s: float) -> tuple[str, str | None]:
+        """Greedy/beam decoding of one utterance on a ``window_s`` encoder window: (text, doubt or None)."""
+        import ctranslate2
+        from faster_whisper.tokenizer import Tokenizer
+        from faster_whisper.transcribe import get_suppressed_tokens
+
+        model = self._model
+        extractor = model.feature_extractor
+        frames = round(window_s * STT_SAMPLE_RATE / extractor.hop_length)
+        features = extractor(samples)[..., :-1]  # as faster-whisper does: drop the padding frame
+        padded = np.zeros((features.shape[0], frames), dtype=np.float32)
+        used = min(frames, features.shape[1])
+        padded[:, :used] = features[:, :used]
+        tokenizer = Tokenizer(
+            model.hf_tokenizer,
+            model.model.is_multilingual,
+            task="transcribe",
+            language=self.options.language or "en",
+        )
+        encoded = model.model.encode(ctranslate2.StorageView.from_array(padded[None]), to_cpu=False)
+        duration = samples.size / STT_SAMPLE_RATE
+        # Speech holds at most ~5 words (~8 tokens) a second: a bound that also stops a looping decoder.
+        max_length = min(model.max_length, int(10 * duration) + 16)
+        prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
+        result = model.model.generate(
+            encoded,
+            [prompt],
+            beam_size=self.options.beam_size,
+            max_length=max_length,
+            return_scores=True,
+            suppress_blank=True,
+            suppress_tokens=get_suppressed_tokens(tokenizer, (-1,)),
+        )[0]
+        tokens = result.sequences_ids[0]
+        text = tokenizer.decode(tokens).strip()
+        # As faster-whisper recovers it: the score is the length-normalized cumulative log-probability.
+        avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
+        ended = len(prompt) + len(tokens) + 1 < max_length  # stopped at end-of-text, not at the bound
+        return text, short_window_doubt(text, duration, ended, avg_logprob)
+
+    def transcribe_full(self, samples: Audio) -> str:
+        """Whisper's standard path: the 30 s window."""
         segments, _info = self._model.transcribe(
             samples,
             language=self.options.language,
