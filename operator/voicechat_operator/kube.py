@@ -29,6 +29,8 @@ OPERATION_VERBS: dict[str, tuple[str, ...]] = {
     # A JSON patch that replaces a drifted keyed list (port lists) before the apply; see reconcile.
     "replace_lists": ("patch",),
     "patch_status": ("patch",),
+    # Create once, never update (the generated resume-key Secret); AlreadyExists means done.
+    "create": ("create",),
 }
 APPLY_CONTENT_TYPE = "application/apply-patch+yaml"  # a JSON body is valid YAML
 MERGE_CONTENT_TYPE = "application/merge-patch+json"
@@ -124,6 +126,24 @@ class KubeClient:
                 404, "PATCH", path, f"{kind.kind} ({kind.api_version}) is not served by this cluster"
             )
         return result
+
+    async def create(self, obj: Mapping[str, Any]) -> bool:
+        """Create ``obj`` unless it exists: True when created, False when it was already there (409)."""
+        kind, meta = kind_of(dict(obj)), obj["metadata"]
+        path = kind.path(meta.get("namespace"))
+        try:
+            await self._request(
+                "POST",
+                path,
+                body=obj,
+                content_type="application/json",
+                params={"fieldManager": self._field_manager},
+            )
+        except KubeApiError as exc:
+            if exc.status == 409:
+                return False
+            raise
+        return True
 
     async def replace_lists(
         self, kind: Kind, namespace: str, name: str, operations: list[dict[str, Any]]

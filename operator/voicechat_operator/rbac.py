@@ -50,6 +50,8 @@ def namespaced_rules() -> list[dict[str, Any]]:
     grants[(owner.group, f"{owner.plural}/status")] |= {"get"} | _verbs(OWNER_STATUS_OPERATIONS)
     grants[(owner.group, f"{owner.plural}/finalizers")] |= set(OWNER_FINALIZER_VERBS)
     grants[("", "events")] |= set(EVENT_VERBS)
+    # The generated resume-key Secret: created once (AlreadyExists is fine); never read, listed or changed.
+    grants[(kinds.SECRET.group, kinds.SECRET.plural)] |= _verbs(("create",))
     grants[("kopf.dev", "kopfpeerings")] |= set(PEERING_VERBS)
     return _merge(grants)
 

@@ -20,6 +20,7 @@ from voicechat_operator.render import (
     endpoints,
     llm_name,
     render_children,
+    render_resume_secret,
     session_name,
 )
 from voicechat_operator.spec import InvalidSpecError, VoiceChatSpec, parse_spec
@@ -208,6 +209,10 @@ class Reconciler:
                 live = await self.client.get(kind, owner.namespace, name)
                 if live is not None and is_subset(obj, live):
                     continue
+            if kind is kinds.DEPLOYMENT and name == session_name(owner):
+                # Before the session pods that mount it; only when they are (re)written, so an idle
+                # reconcile stays without writes.
+                applied += await self._ensure_resume_secret(owner, spec)
             await self._apply(obj, live)
             applied.append(f"{kind.kind}/{name}")
         for kind, name in absent_children(owner, spec):
@@ -218,6 +223,17 @@ class Reconciler:
         if applied:
             logger.info("children applied", extra=_log_extra(owner, applied=applied, force=force))
         return applied
+
+    async def _ensure_resume_secret(self, owner: Owner, spec: VoiceChatSpec) -> list[str]:
+        """Create the generated resume-key Secret if it does not exist; never touch an existing one (a new
+        key would orphan every live conversation's token: rotation is the owner's explicit act)."""
+        secret = render_resume_secret(owner, spec)
+        if secret is None:
+            return []
+        if await self.client.create(secret):
+            logger.info("resume key created", extra=_log_extra(owner, secret=secret["metadata"]["name"]))
+            return [f"Secret/{secret['metadata']['name']}"]
+        return []
 
     async def _apply(self, desired: Mapping[str, Any], live: Mapping[str, Any] | None) -> None:
         """Server-side apply ``desired``, first replacing port lists whose keys drifted in ``live``.

@@ -274,6 +274,11 @@ def test_keys_from_mounted_files_with_rotation(tmp_path: Path) -> None:
     assert ring is not None
     assert ring.current_kid == KeyRing(KEY_B).current_kid  # the file overrides the variable
     assert ring.kids == {KeyRing(KEY_A).current_kid, KeyRing(KEY_B).current_kid}
+    # Outside a rotation the Secret has no previous key: its file is simply absent.
+    (tmp_path / "previous").unlink()
+    alone = key_ring_from_settings(settings)
+    assert alone is not None
+    assert alone.kids == {KeyRing(KEY_B).current_kid}
 
 
 def test_key_setting_errors(tmp_path: Path) -> None:

@@ -36,9 +36,10 @@ are derived from its code and kopf's needs. tests/chart/test_rbac.py fails when 
 - apiGroups: ["monitoring.coreos.com"]
   resources: ["podmonitors"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# kopf posts events about handler progress and failures.
+# kopf posts events about handler progress and failures; the operator creates each VoiceChat's resume-key
+# Secret once (never reads, lists or changes Secrets).
 - apiGroups: [""]
-  resources: ["events"]
+  resources: ["events", "secrets"]
   verbs: ["create"]
 # kopf peering in a watched namespace.
 - apiGroups: ["kopf.dev"]

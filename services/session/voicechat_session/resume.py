@@ -321,9 +321,11 @@ def key_ring_from_settings(settings: SessionSettings) -> KeyRing | None:
         if settings.resume_key_file is not None
         else (settings.resume_key.get_secret_value() if settings.resume_key is not None else None)
     )
+    previous_file = settings.resume_previous_key_file
     previous = (
-        read_secret(settings.resume_previous_key_file)
-        if settings.resume_previous_key_file is not None
+        # A mounted Secret holds its previous key only during a rotation: no file, no previous key.
+        (read_secret(previous_file) if previous_file.exists() else None)
+        if previous_file is not None
         else (
             settings.resume_previous_key.get_secret_value()
             if settings.resume_previous_key is not None

@@ -139,7 +139,9 @@ class SessionSettings(BaseSettings):
         None, description="The key before a rotation: its tokens still open, new ones use the current key."
     )
     resume_previous_key_file: Path | None = Field(
-        None, description="File holding the previous key (a mounted Secret); overrides resume_previous_key."
+        None,
+        description="File holding the previous key (a mounted Secret; absent outside a rotation); overrides "
+        "resume_previous_key.",
     )
     resume_ttl_s: float = Field(1800.0, gt=0, description="Resume tokens older than this are refused.")
 
