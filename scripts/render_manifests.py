@@ -4,6 +4,7 @@
 manifests/            the CRD, namespace, ServiceAccount, RBAC and operator Deployment (one object per file,
                       numbered in apply order; `kubectl apply -f manifests/` does not descend into subfolders)
 manifests/monitoring/ the Grafana dashboard ConfigMap and the PodMonitors (need the Prometheus Operator CRDs)
+manifests/admission/  the ValidatingAdmissionPolicy + binding for VoiceChats (Kubernetes >= 1.30)
 manifests/examples/   VoiceChat resources rendered from the chart's example values files
 
 It first copies the operator's CRD (operator/voicechat_operator/crds/) into the chart's crds/.
@@ -125,7 +126,14 @@ def render_core() -> dict[str, str]:
     }
     # Standalone (no kopf peering object): a custom resource applied together with its CRD fails until the
     # CRD is established, and `kubectl apply -f manifests/` must work in one go. One replica either way.
-    values = ["--set", "monitoring.dashboard.enabled=false", "--set", "operator.peering.enabled=false"]
+    # Cluster-wide: `kubectl apply -f manifests/` is the quick install that serves VoiceChats in any namespace
+    # (the chart's default is the namespaced operator).
+    values = [
+        "--set", "monitoring.dashboard.enabled=false",
+        "--set", "operator.peering.enabled=false",
+        "--set", "operator.clusterWide=true",
+        "--set", "admission.enabled=false",  # in manifests/admission/: Kubernetes >= 1.30 only
+    ]  # fmt: skip
     objs = [for_kubectl(o) for o in helm_template(["--skip-tests", *values])]
     objs.sort(key=kind_rank)  # stable: keeps helm's order within a kind
     files: dict[str, str] = {file_name(0, namespace): dump([namespace])}
@@ -139,6 +147,20 @@ def render_core() -> dict[str, str]:
         files[file_name(index, obj)] = dump([obj])
         index += 1
     return files
+
+
+def render_admission() -> dict[str, str]:
+    """manifests/admission/: the ValidatingAdmissionPolicy and its binding (every namespace, as the operator)."""
+    objs = helm_template(
+        [
+            "--skip-tests",
+            "--set",
+            "operator.clusterWide=true",
+            "--show-only",
+            "templates/admission-policy.yaml",
+        ]
+    )
+    return {f"{str(o['kind']).lower()}-{o['metadata']['name']}.yaml": dump([for_kubectl(o)]) for o in objs}
 
 
 def render_monitoring() -> dict[str, str]:
@@ -198,6 +220,7 @@ def render_all() -> dict[str, str]:
     """Every generated file, keyed by its path relative to manifests/."""
     files = render_core()
     files.update({f"monitoring/{name}": text for name, text in render_monitoring().items()})
+    files.update({f"admission/{name}": text for name, text in render_admission().items()})
     files.update({f"examples/{name}": text for name, text in render_examples().items()})
     return files
 

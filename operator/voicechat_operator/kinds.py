@@ -50,12 +50,13 @@ HPA = Kind("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscaler
 PDB = Kind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets")
 NETWORK_POLICY = Kind("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies")
 POD_MONITOR = Kind("monitoring.coreos.com/v1", "PodMonitor", "podmonitors", optional=True)
-# Not a managed child: the generated resume-key Secret is created once and never applied again.
+# Generated once per VoiceChat and never watched (watching would mean reading every Secret of the namespace).
 SECRET = Kind("v1", "Secret", "secrets")
 
 # Every kind a VoiceChat's children can have; the render functions only produce these.
 CHILD_KINDS: tuple[Kind, ...] = (CONFIG_MAP, SERVICE, DEPLOYMENT, HPA, PDB, NETWORK_POLICY, POD_MONITOR)
-_BY_API_KIND = {(k.api_version, k.kind): k for k in (*CHILD_KINDS, VOICECHAT, SECRET)}
+GENERATED_KINDS: tuple[Kind, ...] = (SECRET,)
+_BY_API_KIND = {(k.api_version, k.kind): k for k in (*CHILD_KINDS, *GENERATED_KINDS, VOICECHAT)}
 
 
 def kind_of(obj: dict[str, object]) -> Kind:

@@ -29,8 +29,9 @@ OPERATION_VERBS: dict[str, tuple[str, ...]] = {
     # A JSON patch that replaces a drifted keyed list (port lists) before the apply; see reconcile.
     "replace_lists": ("patch",),
     "patch_status": ("patch",),
-    # Create once, never update (the generated resume-key Secret); AlreadyExists means done.
+    # Generated Secrets: created when absent (never overwritten), missing keys added by a merge patch.
     "create": ("create",),
+    "merge_patch": ("patch",),
 }
 APPLY_CONTENT_TYPE = "application/apply-patch+yaml"  # a JSON body is valid YAML
 MERGE_CONTENT_TYPE = "application/merge-patch+json"
@@ -127,24 +128,6 @@ class KubeClient:
             )
         return result
 
-    async def create(self, obj: Mapping[str, Any]) -> bool:
-        """Create ``obj`` unless it exists: True when created, False when it was already there (409)."""
-        kind, meta = kind_of(dict(obj)), obj["metadata"]
-        path = kind.path(meta.get("namespace"))
-        try:
-            await self._request(
-                "POST",
-                path,
-                body=obj,
-                content_type="application/json",
-                params={"fieldManager": self._field_manager},
-            )
-        except KubeApiError as exc:
-            if exc.status == 409:
-                return False
-            raise
-        return True
-
     async def replace_lists(
         self, kind: Kind, namespace: str, name: str, operations: list[dict[str, Any]]
     ) -> None:
@@ -165,3 +148,22 @@ class KubeClient:
         """Merge-patch the status subresource (lists such as conditions are replaced whole)."""
         path = kind.path(namespace, name, "status")
         await self._request("PATCH", path, body={"status": status}, content_type=MERGE_CONTENT_TYPE)
+
+    async def create(self, obj: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Create ``obj``; None when an object of that name already exists (409), which is left untouched."""
+        kind, meta = kind_of(dict(obj)), obj["metadata"]
+        path = kind.path(meta.get("namespace"))
+        params = {"fieldManager": self._field_manager}
+        try:
+            return await self._request("POST", path, body=obj, content_type="application/json", params=params)
+        except KubeApiError as exc:
+            if exc.status == 409:
+                return None
+            raise
+
+    async def merge_patch(self, kind: Kind, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+        """A JSON merge patch (RFC 7386) under the operator's field manager."""
+        params = {"fieldManager": self._field_manager}
+        await self._request(
+            "PATCH", kind.path(namespace, name), body=patch, content_type=MERGE_CONTENT_TYPE, params=params
+        )

@@ -19,6 +19,9 @@ WATCH_VERBS = ("list", "watch")
 # optional ones) delete.
 CHILD_OPERATIONS = ("get", "replace_lists", "apply")
 OPTIONAL_CHILD_OPERATIONS = ("delete",)
+# Generated Secrets: read (does it exist, which keys), created when absent, missing keys added. Never listed
+# or watched: that would read every Secret of the namespace.
+GENERATED_OPERATIONS = ("get", "create", "merge_patch")
 # On the VoiceChat: the child handlers read their owner; kopf patches its annotations (progress storage).
 OWNER_VERBS = ("get", "patch")
 OWNER_STATUS_OPERATIONS = ("patch_status",)
@@ -45,13 +48,13 @@ def namespaced_rules() -> list[dict[str, Any]]:
     for kind in kinds.CHILD_KINDS:
         ops = CHILD_OPERATIONS + (OPTIONAL_CHILD_OPERATIONS if kind.optional else ())
         grants[(kind.group, kind.plural)] |= set(WATCH_VERBS) | _verbs(ops)
+    for kind in kinds.GENERATED_KINDS:
+        grants[(kind.group, kind.plural)] |= _verbs(GENERATED_OPERATIONS)
     owner = kinds.VOICECHAT
     grants[(owner.group, owner.plural)] |= set(WATCH_VERBS) | set(OWNER_VERBS)
     grants[(owner.group, f"{owner.plural}/status")] |= {"get"} | _verbs(OWNER_STATUS_OPERATIONS)
     grants[(owner.group, f"{owner.plural}/finalizers")] |= set(OWNER_FINALIZER_VERBS)
     grants[("", "events")] |= set(EVENT_VERBS)
-    # The generated resume-key Secret: created once (AlreadyExists is fine); never read, listed or changed.
-    grants[(kinds.SECRET.group, kinds.SECRET.plural)] |= _verbs(("create",))
     grants[("kopf.dev", "kopfpeerings")] |= set(PEERING_VERBS)
     return _merge(grants)
 

@@ -13,14 +13,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from voicechat_operator import API_VERSION, KIND, kinds
+from voicechat_operator.generated import ensure_secret
 from voicechat_operator.kube import KubeApiError, KubeClient
 from voicechat_operator.render import (
     Owner,
     absent_children,
     endpoints,
+    generated_secrets,
     llm_name,
     render_children,
-    render_resume_secret,
     session_name,
 )
 from voicechat_operator.spec import InvalidSpecError, VoiceChatSpec, parse_spec
@@ -202,6 +203,11 @@ class Reconciler:
 
     async def _converge(self, owner: Owner, spec: VoiceChatSpec, *, force: bool) -> list[str]:
         applied = []
+        # Before the pods that read them: a pod whose secretKeyRef is missing does not start.
+        for secret in generated_secrets(owner, spec):
+            done = await ensure_secret(self.client, owner, secret)
+            if done is not None:
+                applied.append(f"Secret/{secret.name} ({done})")
         for obj in render_children(owner, spec):
             kind, name = kinds.kind_of(obj), obj["metadata"]["name"]
             live = None
@@ -209,10 +215,6 @@ class Reconciler:
                 live = await self.client.get(kind, owner.namespace, name)
                 if live is not None and is_subset(obj, live):
                     continue
-            if kind is kinds.DEPLOYMENT and name == session_name(owner):
-                # Before the session pods that mount it; only when they are (re)written, so an idle
-                # reconcile stays without writes.
-                applied += await self._ensure_resume_secret(owner, spec)
             await self._apply(obj, live)
             applied.append(f"{kind.kind}/{name}")
         for kind, name in absent_children(owner, spec):
@@ -223,17 +225,6 @@ class Reconciler:
         if applied:
             logger.info("children applied", extra=_log_extra(owner, applied=applied, force=force))
         return applied
-
-    async def _ensure_resume_secret(self, owner: Owner, spec: VoiceChatSpec) -> list[str]:
-        """Create the generated resume-key Secret if it does not exist; never touch an existing one (a new
-        key would orphan every live conversation's token: rotation is the owner's explicit act)."""
-        secret = render_resume_secret(owner, spec)
-        if secret is None:
-            return []
-        if await self.client.create(secret):
-            logger.info("resume key created", extra=_log_extra(owner, secret=secret["metadata"]["name"]))
-            return [f"Secret/{secret['metadata']['name']}"]
-        return []
 
     async def _apply(self, desired: Mapping[str, Any], live: Mapping[str, Any] | None) -> None:
         """Server-side apply ``desired``, first replacing port lists whose keys drifted in ``live``.

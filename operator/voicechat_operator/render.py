@@ -6,11 +6,9 @@ environment variable names come from the services' settings classes through :fun
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import math
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +30,8 @@ DEFAULT_IMAGE_REPOSITORY = "ghcr.io/voicechat"
 CONFIG_HASH_ANNOTATION = "voicechat.io/config-hash"
 PROMPT_KEY = "system-prompt.txt"
 HF_TOKEN_ENV = "HF_TOKEN"
+API_KEY_SECRET_SUFFIX = "-llm-api-key"
+API_KEY_SECRET_KEY = "api-key"
 CONFIG_MOUNT = "/etc/voicechat"
 PROMPT_PATH = f"{CONFIG_MOUNT}/{PROMPT_KEY}"
 # Writable scratch space under a read-only root filesystem: HOME (model caches) and /tmp.
@@ -249,14 +249,20 @@ def _pod_security() -> Obj:
     }
 
 
-def _volumes(owner: Owner, extra: list[Obj] | None = None) -> list[Obj]:
+# Scratch space is bounded: a pod writing past its limit is evicted instead of filling the node's disk.
+# The LLM cache holds the downloaded weights (Llama-3.1-8B in bf16: 16 GB) and compile caches.
+CACHE_SIZE_LIMIT = {LLM: "64Gi", SESSION: "4Gi"}
+TMP_SIZE_LIMIT = "2Gi"
+
+
+def _volumes(owner: Owner, component: str, extra: list[Obj] | None = None) -> list[Obj]:
     return [
         {
             "name": "config",
             "configMap": {"name": config_name(owner), "items": [{"key": PROMPT_KEY, "path": PROMPT_KEY}]},
         },
-        {"name": "cache", "emptyDir": {}},
-        {"name": "tmp", "emptyDir": {}},
+        {"name": "cache", "emptyDir": {"sizeLimit": CACHE_SIZE_LIMIT[component]}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE_LIMIT}},
         *(extra or []),
     ]
 
@@ -307,6 +313,41 @@ def _hugging_face_token(spec: VoiceChatSpec) -> list[Obj]:
     return [{"name": HF_TOKEN_ENV, "valueFrom": {"secretKeyRef": {"name": secret.name, "key": secret.key}}}]
 
 
+def llm_api_key_ref(owner: Owner, spec: VoiceChatSpec) -> tuple[str, str]:
+    """(Secret name, key) of the engine API key: the spec's reference, or the Secret the operator generates."""
+    ref = spec.llm.api_key_secret
+    if ref is not None:
+        return ref.name, ref.key
+    return f"{owner.name}{API_KEY_SECRET_SUFFIX}", API_KEY_SECRET_KEY
+
+
+@dataclass(frozen=True)
+class GeneratedSecret:
+    """A Secret of random values the operator generates once (see :mod:`voicechat_operator.generated`)."""
+
+    name: str
+    keys: tuple[str, ...]
+    component: str
+
+
+def generated_secrets(owner: Owner, spec: VoiceChatSpec) -> list[GeneratedSecret]:
+    """Secrets the operator must generate for this spec (none for what the spec references)."""
+    wanted = []
+    if spec.llm.api_key_secret is None:
+        name, key = llm_api_key_ref(owner, spec)
+        wanted.append(GeneratedSecret(name, (key,), LLM))
+    if spec.session.resume_key_secret is None:
+        # Never rotated by the operator: a new key would orphan every live conversation's resume token.
+        wanted.append(GeneratedSecret(resume_secret_name(owner, spec), (GENERATED_RESUME_KEY,), SESSION))
+    return wanted
+
+
+def _api_key_env(owner: Owner, spec: VoiceChatSpec, variable: str) -> Obj:
+    # Required (not optional): a pod without the key must not start, rather than run open or fail every call.
+    name, key = llm_api_key_ref(owner, spec)
+    return {"name": variable, "valueFrom": {"secretKeyRef": {"name": name, "key": key}}}
+
+
 def _pod_template(owner: Owner, spec: VoiceChatSpec, component: str, pod: dict[str, Any]) -> dict[str, Any]:
     """A Deployment's pod template; the config hash rolls the pods when their own settings change."""
     return {
@@ -342,6 +383,7 @@ def render_llm_deployment(owner: Owner, spec: VoiceChatSpec) -> Obj:
         "env": [
             {"name": "HOME", "value": CACHE_MOUNT},
             *_hugging_face_token(spec),
+            _api_key_env(owner, spec, env_name(LLMSettings, "api_key")),
             *_env_from_config(owner, llm_settings(owner, spec)),
         ],
         "startupProbe": _http_probe(
@@ -360,7 +402,9 @@ def render_llm_deployment(owner: Owner, spec: VoiceChatSpec) -> Obj:
     }
     # vLLM's workers share tensors through /dev/shm; the container runtime's default is 64 MiB.
     shm = {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}}
-    pod = _pod_spec(spec, container, _volumes(owner, [shm]), llm.drain_seconds + PRESTOP_SECONDS + 10, llm)
+    pod = _pod_spec(
+        spec, container, _volumes(owner, LLM, [shm]), llm.drain_seconds + PRESTOP_SECONDS + 10, llm
+    )
     template = _pod_template(owner, spec, LLM, pod)
     return _object(
         kinds.DEPLOYMENT,
@@ -403,6 +447,7 @@ def render_session_deployment(owner: Owner, spec: VoiceChatSpec) -> Obj:
         "ports": [{"name": "http", "containerPort": SESSION_PORT, "protocol": "TCP"}],
         "env": [
             {"name": "HOME", "value": CACHE_MOUNT},
+            _api_key_env(owner, spec, env_name(SessionSettings, "llm_api_key")),
             *_env_from_config(owner, session_settings(owner, spec)),
         ],
         "startupProbe": _http_probe("/livez", "http", 5, 60),
@@ -420,7 +465,7 @@ def render_session_deployment(owner: Owner, spec: VoiceChatSpec) -> Obj:
         "secret": {"secretName": resume_secret_name(owner, spec), "defaultMode": 0o440},
     }
     grace = session.drain_seconds + PRESTOP_SECONDS + 10
-    pod = _pod_spec(spec, container, _volumes(owner, [resume_key]), grace, session)
+    pod = _pod_spec(spec, container, _volumes(owner, SESSION, [resume_key]), grace, session)
     template = _pod_template(owner, spec, SESSION, pod)
     return _object(
         kinds.DEPLOYMENT,
@@ -548,6 +593,61 @@ def render_network_policy(owner: Owner, spec: VoiceChatSpec) -> Obj:
     )
 
 
+# Cluster DNS (CoreDNS keeps the kube-dns label on EKS and kubeadm clusters).
+DNS_POD_LABELS = {"k8s-app": "kube-dns"}
+
+
+def _stt_model_downloads(spec: VoiceChatSpec) -> bool:
+    """A hub model name (not a path in the image or a volume) is fetched from the internet when a pod starts."""
+    model = spec.session.stt.model
+    return model is not None and not model.startswith("/")
+
+
+def render_session_network_policy(owner: Owner, spec: VoiceChatSpec) -> Obj:
+    """Session pods: clients in on the session port, Prometheus in; out only to their LLM and to DNS.
+
+    A compromised session pod cannot reach other workloads, the cloud metadata endpoint or the internet
+    (except HTTPS when spec.session.stt.model names a hub model the pod downloads at start).
+    """
+    egress: list[Obj] = [
+        {
+            "to": [{"podSelector": {"matchLabels": selector_labels(owner, LLM)}}],
+            "ports": [{"protocol": "TCP", "port": ENGINE_PORT}, {"protocol": "TCP", "port": GATE_PORT}],
+        },
+        {
+            "to": [{"namespaceSelector": {}, "podSelector": {"matchLabels": dict(DNS_POD_LABELS)}}],
+            "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+        },
+    ]
+    if _stt_model_downloads(spec):
+        egress.append(
+            {"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}], "ports": [{"protocol": "TCP", "port": 443}]}
+        )
+    return _object(
+        kinds.NETWORK_POLICY,
+        _meta(owner, session_name(owner), SESSION),
+        spec={
+            "podSelector": {"matchLabels": selector_labels(owner, SESSION)},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [
+                # Browsers arrive through the Service (load balancer, ingress controller): any source.
+                {"ports": [{"protocol": "TCP", "port": SESSION_PORT}]},
+                # Prometheus may scrape every port (metrics may move to a port of their own).
+                {
+                    "from": [
+                        {
+                            "namespaceSelector": {
+                                "matchLabels": {"kubernetes.io/metadata.name": spec.monitoring.namespace}
+                            }
+                        }
+                    ]
+                },
+            ],
+            "egress": egress,
+        },
+    )
+
+
 def render_pod_monitor(owner: Owner, spec: VoiceChatSpec) -> Obj:
     """Scrapes the session pods (:http/metrics) and the LLM gate (:gate/metrics)."""
     interval = spec.monitoring.interval
@@ -569,20 +669,6 @@ def render_pod_monitor(owner: Owner, spec: VoiceChatSpec) -> Obj:
     )
 
 
-def render_resume_secret(owner: Owner, spec: VoiceChatSpec, secret: str | None = None) -> Obj | None:
-    """The generated resume-key Secret (None when the spec names its own). Created once, never applied again:
-    its random key must survive every reconcile, or live conversations could not resume."""
-    if spec.session.resume_key_secret is not None:
-        return None
-    value = secret or base64.urlsafe_b64encode(os.urandom(32)).decode("ascii").rstrip("=")
-    return _object(
-        kinds.SECRET,
-        _meta(owner, resume_secret_name(owner, spec), SESSION),
-        type="Opaque",
-        stringData={GENERATED_RESUME_KEY: value},
-    )
-
-
 def render_children(owner: Owner, spec: VoiceChatSpec) -> list[Obj]:
     """Every child of the VoiceChat, in apply order (configuration before the pods that read it)."""
     children = [
@@ -591,6 +677,7 @@ def render_children(owner: Owner, spec: VoiceChatSpec) -> list[Obj]:
         render_network_policy(owner, spec),
         render_llm_deployment(owner, spec),
         render_session_service(owner, spec),
+        render_session_network_policy(owner, spec),
         render_session_deployment(owner, spec),
         render_hpa(owner, spec),
         render_pdb(owner, spec),

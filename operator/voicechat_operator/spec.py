@@ -21,6 +21,21 @@ MAX_NAME_LENGTH = 63 - len(LONGEST_SUFFIX)
 GPU_TOLERATION: dict[str, Any] = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 
 PullPolicy = Literal["Always", "IfNotPresent", "Never"]
+# Engine flags a VoiceChat author may not pass: running code shipped with a model, replacing the engine API key
+# or where it listens (the gate's probes and the Service expect the rendered ones), reading local files.
+FORBIDDEN_EXTRA_ARGS = (
+    "--trust-remote-code",
+    "--api-key",
+    "--host",
+    "--port",
+    "--allowed-local-media-path",
+    "--ssl-keyfile",
+)
+
+
+def forbidden_extra_args(args: list[str]) -> list[str]:
+    """The arguments of ``args`` that name a forbidden flag (``--flag`` or ``--flag=value``)."""
+    return [arg for arg in args if arg.split("=", 1)[0] in FORBIDDEN_EXTRA_ARGS]
 
 
 class InvalidSpecError(ValueError):
@@ -63,6 +78,10 @@ class SecretKey(_Model):
     key: str = Field("token", min_length=1)
 
 
+class ApiKeySecret(SecretKey):
+    key: str = Field("api-key", min_length=1)
+
+
 class LLMSpec(_Model):
     engine: Literal["vllm", "llamacpp"] = "vllm"
     # None: the LLM service's default for the engine (Llama-3.1-8B-Instruct for vLLM, the embedded GGUF).
@@ -71,6 +90,8 @@ class LLMSpec(_Model):
     image: str | None = Field(None, min_length=1)
     image_pull_policy: PullPolicy = "IfNotPresent"
     hugging_face_token_secret: SecretKey | None = None
+    # None: the operator generates NAME-llm-api-key (see render.llm_api_key_secret).
+    api_key_secret: ApiKeySecret | None = None
     system_prompt: str = Field(DEFAULT_SYSTEM_PROMPT, min_length=1, max_length=65536)
     max_model_len: int = Field(4096, ge=256, le=1048576)
     replicas: int = Field(1, ge=0, le=64)
@@ -185,6 +206,10 @@ def _cross_field_problems(name: str, spec: VoiceChatSpec) -> list[str]:
         problems.append(
             f"llm.startupBudgetSeconds ({llm.startup_budget_seconds}) is less than llm.warmupTimeoutSeconds "
             f"({llm.warmup_timeout_seconds}): the kubelet would restart the pod before the model may load"
+        )
+    if forbidden := forbidden_extra_args(llm.extra_args):
+        problems.append(
+            f"llm.extraArgs may not contain {', '.join(forbidden)} (forbidden: {', '.join(FORBIDDEN_EXTRA_ARGS)})"
         )
     if llm.engine == "vllm" and llm.gpu.count == 0:
         problems.append(

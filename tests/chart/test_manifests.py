@@ -81,7 +81,13 @@ def test_kubectl_apply_dir_installs_crd_rbac_and_operator() -> None:
 
 @pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
 def test_every_manifest_is_valid(kube_version: str) -> None:
-    objs = [d for p in sorted(MANIFESTS_DIR.rglob("*.yaml")) for d in yaml.safe_load_all(p.read_text()) if d]
+    # manifests/admission/ needs Kubernetes >= 1.30 (ValidatingAdmissionPolicy GA), as its README line says.
+    paths = [
+        p
+        for p in sorted(MANIFESTS_DIR.rglob("*.yaml"))
+        if p.parent.name != "admission" or tuple(map(int, kube_version.split(".")[:2])) >= (1, 30)
+    ]
+    objs = [d for p in paths for d in yaml.safe_load_all(p.read_text()) if d]
     errors = [e for obj in objs for e in object_errors(obj, kube_version)]
     assert not errors, "\n".join(errors)
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.chart import CI_VALUES_DIR, NAMESPACE, Obj, by_kind, render
+from tests.support.chart import CI_VALUES_DIR, NAMESPACE, Obj, by_kind, helm, render, template_args
 from voicechat_operator import rbac
 from voicechat_operator.settings import OperatorSettings
 
@@ -62,8 +62,34 @@ def test_required_rules_are_derived_from_the_operator() -> None:
     assert ("", "events", "create") in required
 
 
-def test_watching_all_namespaces_grants_exactly_the_required_rules_cluster_wide() -> None:
+CLUSTER_WIDE = ["--set", "operator.clusterWide=true"]
+
+
+def test_by_default_the_operator_watches_and_may_write_its_release_namespace_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     objs = render()
+    (role,) = by_kind(objs, "Role")
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert_exactly(grants(role["rules"]), grants(rbac.namespaced_rules()), "Role in the release namespace")
+    assert_bound(objs, role, "RoleBinding")
+    # Cluster-wide, only the read-only rules kopf's scanning needs: no write outside the release namespace.
+    (cluster_role,) = by_kind(objs, "ClusterRole")
+    assert_exactly(grants(cluster_role["rules"]), grants(rbac.cluster_rules()), "ClusterRole (default)")
+    assert not {g for g in grants(cluster_role["rules"]) if g[2] in {"create", "update", "delete"}}
+    assert _operator_settings(objs, monkeypatch).namespaces == [NAMESPACE]
+    (peering,) = by_kind(objs, "KopfPeering")
+    assert peering["metadata"]["namespace"] == NAMESPACE
+
+
+def test_cluster_wide_and_a_namespace_list_together_are_refused() -> None:
+    done = helm(*template_args(), *CLUSTER_WIDE, "--set", "operator.watchNamespaces={a}", check=False)
+    assert done.returncode != 0
+    assert "leave operator.watchNamespaces empty" in done.stderr
+
+
+def test_watching_all_namespaces_grants_exactly_the_required_rules_cluster_wide() -> None:
+    objs = render(extra=CLUSTER_WIDE)
     (role,) = by_kind(objs, "ClusterRole")
     assert not by_kind(objs, "Role")
     assert_exactly(grants(role["rules"]), grants(rbac.required_rules()), "ClusterRole")
@@ -118,7 +144,7 @@ def test_operator_env_is_what_its_settings_read(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_cluster_wide_operator_uses_a_cluster_peering(monkeypatch: pytest.MonkeyPatch) -> None:
-    objs = render()
+    objs = render(extra=CLUSTER_WIDE)
     settings = _operator_settings(objs, monkeypatch)
     assert settings.clusterwide
     (peering,) = by_kind(objs, "ClusterKopfPeering")

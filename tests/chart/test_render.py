@@ -4,6 +4,7 @@ prometheus-operator models)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from tests.support.chart import (
     object_errors,
     render,
 )
+from voicechat_operator.spec import FORBIDDEN_EXTRA_ARGS
 
 pytestmark = pytest.mark.helm
 
@@ -97,7 +99,7 @@ def test_namespaced_mode_grants_roles_in_each_watched_namespace() -> None:
 
 
 def test_cluster_mode_binds_a_cluster_role() -> None:
-    objs = render()
+    objs = render(extra=["--set", "operator.clusterWide=true"])
     assert by_kind(objs, "ClusterRole")
     assert by_kind(objs, "ClusterRoleBinding")
     assert not by_kind(objs, "Role")
@@ -164,3 +166,23 @@ def test_notes_say_what_to_do_next(tmp_path: Path) -> None:
     plain = render_notes(tmp_path / "plain", CI_VALUES_DIR / "defaults-values.yaml")
     assert "kind: VoiceChat" in plain
     assert "monitoring.podMonitor.enabled" in plain
+
+
+def test_admission_policy_refuses_what_the_operator_refuses() -> None:
+    objs = render()
+    (policy,) = by_kind(objs, "ValidatingAdmissionPolicy")
+    (binding,) = by_kind(objs, "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert binding["spec"]["validationActions"] == ["Deny"]
+    # Bound to the watched namespaces (the release namespace by default).
+    (selector,) = binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"]
+    assert selector["values"] == [NAMESPACE]
+    values = yaml.safe_load((CHART_DIR / "values.yaml").read_text())["admission"]
+    assert tuple(values["forbiddenExtraArgs"]) == FORBIDDEN_EXTRA_ARGS
+    expressions = " ".join(v["expression"] for v in policy["spec"]["validations"])
+    assert json.dumps(list(FORBIDDEN_EXTRA_ARGS), separators=(",", ":")) in expressions
+    assert "object.spec.llm.image" in expressions
+    assert "object.spec.session.image" in expressions
+    # Clusters before 1.30 have no GA ValidatingAdmissionPolicy: nothing is rendered there.
+    assert not by_kind(render(kube_version="1.29.0"), "ValidatingAdmissionPolicy")
+    assert not by_kind(render(extra=["--set", "admission.enabled=false"]), "ValidatingAdmissionPolicy")

@@ -6,6 +6,7 @@ on one VoiceChat, as a user would: create, edit, break things, restart the opera
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 from collections.abc import Iterator
@@ -32,6 +33,7 @@ CHILDREN = [
     (kinds.NETWORK_POLICY, "demo-llm"),
     (kinds.DEPLOYMENT, "demo-llm"),
     (kinds.SERVICE, "demo-session"),
+    (kinds.NETWORK_POLICY, "demo-session"),
     (kinds.DEPLOYMENT, "demo-session"),
     (kinds.HPA, "demo-session"),
     (kinds.PDB, "demo-session"),
@@ -195,6 +197,35 @@ def test_spec_update_reaches_the_children_at_once(operator: OperatorProcess, kub
         assert template["metadata"]["annotations"][CONFIG_HASH_ANNOTATION] != before  # the pods roll
     wait_for(lambda: vc(kube)["status"].get("observedGeneration") == 2, what="observedGeneration 2")
     wait_ready(kube, within=90)  # the rolled pods are ready again
+
+
+def test_the_engine_api_key_is_generated_once_and_reaches_both_pods(
+    operator: OperatorProcess, kube: Any
+) -> None:
+    secret = child(kube, kinds.SECRET, "demo-llm-api-key")
+    assert secret is not None
+    (ref,) = secret["metadata"]["ownerReferences"]
+    assert ref["uid"] == vc(kube)["metadata"]["uid"]
+    assert len(base64.b64decode(secret["data"]["api-key"])) >= 43
+    for name, variable in (
+        ("demo-llm", "VOICECHAT_LLM_API_KEY"),
+        ("demo-session", "VOICECHAT_SESSION_LLM_API_KEY"),
+    ):
+        pod = kube.must_get(kinds.DEPLOYMENT.path(NS, name))["spec"]["template"]["spec"]
+        (env,) = [e for e in pod["containers"][0]["env"] if e["name"] == variable]
+        assert env["valueFrom"]["secretKeyRef"] == {"name": "demo-llm-api-key", "key": "api-key"}
+    # Two more reconciles of the spec: the key is neither rotated nor rewritten.
+    for replicas in (13, 12):
+        kube.merge_patch(kinds.VOICECHAT.path(NS, NAME), {"spec": {"session": {"maxReplicas": replicas}}})
+        wait_for(
+            lambda r=replicas: kube.must_get(kinds.HPA.path(NS, "demo-session"))["spec"]["maxReplicas"] == r,
+            what=f"HPA max {replicas}",
+        )
+    after = child(kube, kinds.SECRET, "demo-llm-api-key")
+    assert after is not None
+    assert after["data"] == secret["data"]
+    assert after["metadata"]["resourceVersion"] == secret["metadata"]["resourceVersion"]
+    wait_ready(kube, within=90)
 
 
 def test_a_deleted_child_comes_back(operator: OperatorProcess, kube: Any) -> None:

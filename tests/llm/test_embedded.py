@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.support.llm_service import (
     START_TIMEOUT_S,
     LLMServiceProcess,
+    bearer,
     chat_body,
     engine_client,
     launch,
@@ -26,7 +27,7 @@ from tests.support.llm_service import (
 )
 from voicechat_llm import metrics
 from voicechat_llm.report import WarmupReport
-from voicechat_llm.settings import DEFAULT_SYSTEM_PROMPT
+from voicechat_llm.settings import DEFAULT_SYSTEM_PROMPT, ENV_PREFIX
 
 pytestmark = pytest.mark.models
 
@@ -34,6 +35,7 @@ PARALLEL = 4
 # Services started only to check one behaviour warm up briefly: the CPU is shared.
 CHEAP_WARMUP = ("--warmup-requests", "1", "--warmup-max-tokens", "4")
 DRAIN_TOKENS = 16
+API_KEY = "test-engine-key-0123456789"
 
 
 class Started:
@@ -47,9 +49,12 @@ class Started:
 @pytest.fixture(scope="module")
 def embedded(artifacts_dir: Path) -> Iterator[Started]:
     """One service for the module; /readyz is sampled from the first moment the gate answers."""
+    key_file = artifacts_dir / "llm-api-key"
+    key_file.write_text(f"{API_KEY}\n")  # as a mounted Secret: the trailing newline is not part of the key
     service = launch(
         artifacts_dir / "logs" / "llm" / "embedded.log",
         *("--parallel", str(PARALLEL), "--health-interval-s", "1", "--warmup-max-tokens", "16"),
+        env={f"{ENV_PREFIX}API_KEY_FILE": str(key_file)},
     )
     seen: list[tuple[int, dict[str, object]]] = []
     deadline = time.monotonic() + START_TIMEOUT_S
@@ -111,14 +116,14 @@ def test_gate_and_engine_metrics(embedded: Started) -> None:
     assert values[metrics.WARM_TOKENS_PER_SECOND] > 0
     assert values[metrics.ENGINE_UP] == 1
     assert values[f"{metrics.HEALTH_CHECK_FAILURES}_total"] == 0
-    engine = httpx.get(f"{embedded.service.engine_url}/metrics", timeout=5)
+    engine = httpx.get(f"{embedded.service.engine_url}/metrics", timeout=5, headers=bearer(API_KEY))
     assert engine.status_code == 200
     assert "llamacpp:requests_processing" in engine.text
 
 
 async def test_streamed_completion_with_system_prompt(embedded: Started) -> None:
     async with (
-        engine_client(60) as client,
+        engine_client(60, API_KEY) as client,
         open_stream(
             client, embedded.service.engine_url, chat_body("What is the capital of France?", 24)
         ) as deltas,
@@ -133,7 +138,7 @@ async def test_each_slot_gets_the_whole_context_length(embedded: Started) -> Non
     a ~1,500-token conversation must be served while the default 4096 is shared by 4 slots."""
     long_turn = " ".join(f"Fact {i}: the meeting room number {i} is on floor {i % 7}." for i in range(90))
     async with (
-        engine_client(120) as client,
+        engine_client(120, API_KEY) as client,
         open_stream(client, embedded.service.engine_url, chat_body(f"{long_turn} Say OK.", 4)) as deltas,
     ):
         text = "".join([delta async for delta in deltas])
@@ -147,7 +152,7 @@ async def test_four_concurrent_streams_complete(embedded: Started) -> None:
         async with open_stream(client, embedded.service.engine_url, chat_body(question, 16)) as deltas:
             return "".join([delta async for delta in deltas])
 
-    async with engine_client(120) as client:
+    async with engine_client(120, API_KEY) as client:
         replies = await asyncio.gather(*(one(client, q) for q in questions))
     assert len(replies) == PARALLEL
     assert all(reply.strip() for reply in replies), replies
@@ -157,17 +162,17 @@ async def test_cancelled_streams_free_their_slots(embedded: Started) -> None:
     engine_url = embedded.service.engine_url
     # Long generations that would hold every slot for minutes if not cancelled.
     long_body = chat_body("Tell me a very long story about the sea.", 900, ignore_eos=True)
-    async with engine_client(120) as client:
+    async with engine_client(120, API_KEY) as client:
         async with AsyncExitStack() as streams:
             # Hold every delta iterator: a dropped one is finalised, which closes its stream early.
             held = []
             for _ in range(PARALLEL):
                 held.append(await streams.enter_async_context(open_stream(client, engine_url, long_body)))
                 assert await anext(held[-1])
-            assert await asyncio.to_thread(slots_busy, engine_url) == PARALLEL
+            assert await asyncio.to_thread(slots_busy, engine_url, API_KEY) == PARALLEL
         # Every client went away mid-stream: llama.cpp must release the slots.
         deadline = time.monotonic() + 20
-        while (busy := await asyncio.to_thread(slots_busy, engine_url)) > 0:
+        while (busy := await asyncio.to_thread(slots_busy, engine_url, API_KEY)) > 0:
             assert time.monotonic() < deadline, f"{busy} slots still busy after the clients disconnected"
             await asyncio.sleep(0.1)
         started = time.monotonic()
@@ -178,6 +183,49 @@ async def test_cancelled_streams_free_their_slots(embedded: Started) -> None:
     assert (first + rest).strip()
     # Served at once, not after a 900-token generation (minutes at this machine's rate).
     assert ttft < 15, ttft
+
+
+async def test_engine_refuses_requests_without_the_key_and_probes_stay_open(embedded: Started) -> None:
+    url, gate = embedded.service.engine_url, embedded.service.gate_url
+    body = {**chat_body("Hello!", 4), "stream": False}
+    for key in (None, "wrong-key", API_KEY[:-1]):
+        async with engine_client(30, key) as client:
+            refused = await client.post(f"{url}/v1/chat/completions", json=body)
+            assert refused.status_code == 401, (key, refused.text)
+            assert "Hello" not in refused.text
+            for path in ("/v1/completions", "/slots", "/props", "/metrics"):
+                assert (await client.get(f"{url}{path}")).status_code == 401, (key, path)
+    async with engine_client(60, API_KEY) as client:
+        answered = await client.post(f"{url}/v1/chat/completions", json=body)
+        assert answered.status_code == 200, answered.text
+        assert answered.json()["choices"][0]["message"]["content"].strip()
+        # Even with the key, /slots (every slot's prompt and output) is off.
+        assert (await client.get(f"{url}/slots")).status_code in {404, 501}
+    # The kubelet's probes carry no key: the gate answers them, and llama.cpp's own /health stays open.
+    async with engine_client(30) as client:
+        for path in ("/livez", "/readyz", "/warmup", "/metrics"):
+            assert (await client.get(f"{gate}{path}")).status_code == 200, path
+        assert (await client.get(f"{url}/health")).status_code == 200
+
+
+def test_engine_bounds_generation_length(artifacts_dir: Path) -> None:
+    """llama.cpp: max_tokens is the default length, and max_model_len (no context shift) bounds a request
+    asking for 100,000 tokens, which would otherwise hold its slot for ever."""
+    log = artifacts_dir / "logs" / "llm" / "max-tokens.log"
+    args = ("--max-tokens", "8", "--max-model-len", "256", "--parallel", "1", *CHEAP_WARMUP)
+    with running_service(log, *args) as service:
+        url = f"{service.engine_url}/v1/chat/completions"
+        unspecified = {**chat_body("Count from one to one thousand.", 1, ignore_eos=True), "stream": False}
+        del unspecified["max_tokens"]
+        response = httpx.post(url, json=unspecified, timeout=120)
+        assert response.status_code == 200, response.text
+        assert response.json()["usage"]["completion_tokens"] == 8
+        greedy = {**chat_body("Count from one to one thousand.", 100000, ignore_eos=True), "stream": False}
+        response = httpx.post(url, json=greedy, timeout=120)
+        assert response.status_code == 200, response.text
+        usage = response.json()["usage"]
+        assert usage["completion_tokens"] > 8, usage
+        assert usage["total_tokens"] <= 256, usage
 
 
 def test_ttft_threshold_keeps_the_service_unready(artifacts_dir: Path) -> None:

@@ -6,11 +6,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from tests.support.fake_vllm import build_parser
 from voicechat_common.localstack import free_port
 from voicechat_llm import config
-from voicechat_llm.engines.vllm import build_vllm_argv
+from voicechat_llm.engines.llamacpp import build_params
+from voicechat_llm.engines.vllm import build_vllm_argv, vllm_env
 from voicechat_llm.metrics import count_in_flight
 from voicechat_llm.report import WarmupSample
 from voicechat_llm.settings import DEFAULT_VLLM_MODEL, LLMSettings
@@ -50,6 +52,8 @@ def test_vllm_argv_from_settings() -> None:
         "--tensor-parallel-size",
         "2",
         "--enable-prefix-caching",
+        "--override-generation-config",
+        '{"max_new_tokens": 1024}',
         "--max-num-seqs",
         "64",
         "--enforce-eager",
@@ -117,7 +121,9 @@ def test_count_in_flight() -> None:
 def test_engine_url_is_reachable_from_this_host(host: str, url: str, tmp_path: Path) -> None:
     prompt = tmp_path / "prompt.txt"
     prompt.write_text("  Be brief.\n")
-    settings = _settings(engine="vllm", host=host, vllm_executable=sys.executable, system_prompt_file=prompt)
+    settings = _settings(
+        engine="vllm", host=host, vllm_executable=sys.executable, system_prompt_file=prompt, api_key="k"
+    )
     with pytest.MonkeyPatch.context() as patch:
         # The ports are not bound here: only the derived values are under test.
         patch.setattr(config, "check_port_free", lambda *_: None)
@@ -128,7 +134,69 @@ def test_engine_url_is_reachable_from_this_host(host: str, url: str, tmp_path: P
 
 
 def test_llamacpp_plan_names_the_model_after_the_file() -> None:
-    settings = _settings(engine_port=free_port(), gate_port=free_port())
+    settings = _settings(host="127.0.0.1", engine_port=free_port(), gate_port=free_port())
     start = config.plan(settings)
     assert start.model == str(config.embedded_model_path().resolve())
     assert start.served_model_name == "SmolLM2-135M-Instruct.Q4_1"
+
+
+def _plan_without_ports(settings: LLMSettings) -> config.StartPlan:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(config, "check_port_free", lambda *_: None)
+        return config.plan(settings)
+
+
+def test_api_key_from_file_wins_and_stays_out_of_repr(tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text("from-the-secret\n")
+    start = _plan_without_ports(_settings(host="0.0.0.0", api_key="from-env", api_key_file=key_file))
+    assert start.api_key == "from-the-secret"
+    assert start.auth_headers() == {"Authorization": "Bearer from-the-secret"}
+    assert "from-the-secret" not in repr(start)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "10.0.0.5", "::"])
+def test_no_api_key_beyond_loopback_is_refused(host: str) -> None:
+    with pytest.raises(config.ConfigError, match=r"no API key.*VOICECHAT_LLM_API_KEY"):
+        _plan_without_ports(_settings(host=host))
+    assert _plan_without_ports(_settings(host=host, allow_unauthenticated=True)).api_key is None
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "localhost"])
+def test_loopback_may_run_without_a_key(host: str) -> None:
+    start = _plan_without_ports(_settings(host=host))
+    assert start.api_key is None
+    assert start.auth_headers() == {}
+
+
+@pytest.mark.parametrize(
+    ("content", "error"),
+    [("", "is empty"), ("  \n", "is empty"), ("two words", "whitespace"), (None, "cannot read")],
+)
+def test_bad_api_key_file(tmp_path: Path, content: str | None, error: str) -> None:
+    key_file = tmp_path / "key"
+    if content is not None:
+        key_file.write_text(content)
+    with pytest.raises(config.ConfigError, match=error):
+        _plan_without_ports(_settings(api_key_file=key_file))
+
+
+def test_vllm_child_gets_the_key_in_its_environment_not_its_argv() -> None:
+    settings = _settings(engine="vllm", api_key="s3cret", max_tokens=77)
+    argv = build_vllm_argv(settings, "m", "served")
+    assert not any("s3cret" in arg for arg in argv)
+    assert argv[argv.index("--override-generation-config") + 1] == '{"max_new_tokens": 77}'
+    assert vllm_env("s3cret")["VLLM_API_KEY"] == "s3cret"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("VLLM_API_KEY", "inherited")
+        assert "VLLM_API_KEY" not in vllm_env(None)
+
+
+def test_llamacpp_params_key_cap_and_private_endpoints_off() -> None:
+    settings = _settings(host="127.0.0.1", max_tokens=99, engine_port=free_port(), gate_port=free_port())
+    start = config.plan(settings.model_copy(update={"api_key": SecretStr("k1")}))
+    params = build_params(settings, start)
+    assert params.api_keys == ["k1"]
+    assert params.n_predict == 99
+    assert params.endpoint_slots is False
+    assert params.endpoint_props is False

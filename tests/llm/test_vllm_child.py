@@ -163,6 +163,23 @@ def test_sigterm_stops_child_and_exits_0(fake_vllm: Path, artifacts_dir: Path) -
     assert "fake vllm: SIGTERM, shutting down" in log.read_text()
 
 
+def test_the_child_gets_the_api_key_and_a_token_cap(fake_vllm: Path, artifacts_dir: Path) -> None:
+    """The key reaches vLLM through VLLM_API_KEY (not its argv); the service's own warm-up and probes use it."""
+    log = artifacts_dir / "logs" / "llm" / "vllm-key.log"
+    args = _vllm_args(fake_vllm, "--warmup-requests", "1", "--max-tokens", "5")
+    with running_service(log, *args, env={"VOICECHAT_LLM_API_KEY": "child-key"}) as service:
+        child = service.warmup_report()["engine_pid"]
+        assert not any("child-key" in arg for arg in _cmdline(child))
+        url = f"{service.engine_url}/v1/chat/completions"
+        body = {**chat_body("Count to one hundred.", 1, ignore_eos=True, model=SERVED_NAME), "stream": False}
+        del body["max_tokens"]
+        assert httpx.post(url, json=body, timeout=30).status_code == 401
+        answered = httpx.post(url, json=body, timeout=60, headers={"Authorization": "Bearer child-key"})
+        assert answered.status_code == 200, answered.text
+        assert answered.json()["usage"]["completion_tokens"] == 5
+        assert httpx.get(f"{service.gate_url}/readyz", timeout=5).status_code == 200
+
+
 def test_child_rejecting_its_command_line_fails_the_start(fake_vllm: Path) -> None:
     result = run_cli(
         *("--host", "127.0.0.1", "--engine-port", str(free_port()), "--gate-port", str(free_port())),

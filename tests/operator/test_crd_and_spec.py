@@ -252,3 +252,26 @@ def test_printer_columns_read_what_the_operator_writes(crd: dict[str, Any]) -> N
         "Reason": "Ready",
         "Age": "2026-01-01T00:00:00Z",
     }
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--trust-remote-code"],
+        ["--max-num-seqs", "8", "--trust-remote-code=true"],
+        ["--api-key", "mine"],
+        ["--port=9"],
+    ],
+)
+def test_forbidden_extra_args_are_an_invalid_spec(args: list[str]) -> None:
+    spec = {"llm": {"extraArgs": args}, "session": {"minReplicas": 1, "maxReplicas": 2}}
+    with pytest.raises(InvalidSpecError, match=r"llm\.extraArgs may not contain --"):
+        parse_spec("demo", spec)
+
+
+def test_harmless_extra_args_pass() -> None:
+    spec = {
+        "llm": {"extraArgs": ["--max-num-seqs", "8", "--enforce-eager"]},
+        "session": {"minReplicas": 1, "maxReplicas": 2},
+    }
+    assert parse_spec("demo", spec).llm.extra_args == ["--max-num-seqs", "8", "--enforce-eager"]

@@ -14,17 +14,21 @@ import yaml
 from voicechat_llm.settings import ENGINE_PORT, GATE_PORT, LLMSettings
 from voicechat_operator import API_VERSION, KIND, kinds, rbac
 from voicechat_operator.env import env_name
+from voicechat_operator.generated import new_value, render_generated_secret
 from voicechat_operator.render import (
     ACTIVE_SESSIONS_METRIC,
     CONFIG_HASH_ANNOTATION,
+    GeneratedSecret,
     Owner,
     absent_children,
+    generated_secrets,
     render_children,
     render_config_map,
     render_hpa,
     render_llm_deployment,
     render_network_policy,
     render_session_deployment,
+    render_session_network_policy,
     render_session_service,
 )
 from voicechat_operator.spec import VoiceChatSpec, parse_spec
@@ -139,7 +143,9 @@ def test_environment_names_exist_in_the_services_settings(
         assert fields <= set(settings_cls.model_fields), fields - set(settings_cls.model_fields)
         # The values parse with the service's own settings class (JSON lists, numbers, literals).
         for entry in _env(deployment):
-            if entry["name"] not in OTHER_ENV:
+            if "secretKeyRef" in entry.get("valueFrom", {}):
+                monkeypatch.setenv(entry["name"], "a-key")  # the engine API key, from its Secret
+            elif entry["name"] not in OTHER_ENV:
                 ref = entry["valueFrom"]["configMapKeyRef"]
                 assert ref["name"] == "demo-config"
                 monkeypatch.setenv(entry["name"], config[ref["key"]])
@@ -314,7 +320,9 @@ def test_rbac_covers_every_call_the_operator_makes() -> None:
     assert rbac.allows(rules, "", "events", "create")
     assert rbac.allows(rules, "kopf.dev", "clusterkopfpeerings", "patch")
     assert rbac.allows(rules, "apiextensions.k8s.io", "customresourcedefinitions", "watch")
-    assert not rbac.allows(rules, "", "secrets", "get")  # least privilege: nothing it does not use
+    # Least privilege: it reads the Secrets it generates by name, and can never list or watch Secrets.
+    assert not rbac.allows(rules, "", "secrets", "list")
+    assert not rbac.allows(rules, "", "secrets", "watch")
     for rule in rules:
         kubernetes_validate.validate(
             {
@@ -337,8 +345,95 @@ def test_engine_picks_its_image_and_model_default(monkeypatch: pytest.MonkeyPatc
     assert gpu_container["image"].rsplit("/", 1)[1].startswith("voicechat-llm:")
     config = render_config_map(OWNER, cpu)["data"]
     for entry in _env(render_llm_deployment(OWNER, cpu)):
-        if entry["name"] not in OTHER_ENV:
+        if "secretKeyRef" in entry.get("valueFrom", {}):
+            monkeypatch.setenv(entry["name"], "a-key")
+        elif entry["name"] not in OTHER_ENV:
             monkeypatch.setenv(entry["name"], config[entry["valueFrom"]["configMapKeyRef"]["key"]])
     settings = LLMSettings()
     assert settings.engine == "llamacpp"
     assert settings.model is None  # the LLM service resolves the embedded SmolLM2 file
+
+
+def _secret_env(deployment: dict[str, Any], variable: str) -> dict[str, Any]:
+    entry = next(e for e in _env(deployment) if e["name"] == variable)
+    ref: dict[str, Any] = entry["valueFrom"]["secretKeyRef"]
+    return ref
+
+
+@pytest.mark.parametrize("spec_name", SPECS)
+def test_both_pods_get_the_engine_api_key_from_one_secret(spec_name: str) -> None:
+    spec = SPECS[spec_name]
+    llm = _secret_env(render_llm_deployment(OWNER, spec), env_name(LLMSettings, "api_key"))
+    session = _secret_env(render_session_deployment(OWNER, spec), env_name(SessionSettings, "llm_api_key"))
+    assert llm == session == {"name": "demo-llm-api-key", "key": "api-key"}
+    assert "optional" not in llm  # a pod without the key does not start
+    (generated,) = [g for g in generated_secrets(OWNER, spec) if g.component == "llm"]
+    assert generated == GeneratedSecret("demo-llm-api-key", ("api-key",), "llm")
+    # Never in the ConfigMap, whose values anyone who may read ConfigMaps sees.
+    assert not any("API_KEY" in key for key in render_config_map(OWNER, spec)["data"])
+
+
+def test_a_referenced_api_key_secret_is_used_and_not_generated() -> None:
+    raw = {"llm": {"apiKeySecret": {"name": "mine"}}, "session": {"minReplicas": 1, "maxReplicas": 2}}
+    spec = parse_spec("demo", raw)
+    llm = _secret_env(render_llm_deployment(OWNER, spec), env_name(LLMSettings, "api_key"))
+    assert llm == {"name": "mine", "key": "api-key"}
+    assert [g for g in generated_secrets(OWNER, spec) if g.component == "llm"] == []
+
+
+def test_generated_secret_object() -> None:
+    secret = render_generated_secret(
+        OWNER, GeneratedSecret("demo-x", ("a", "b"), "session"), {"a": "1", "b": "2"}
+    )
+    assert secret["metadata"]["ownerReferences"] == [OWNER.reference()]
+    assert secret["metadata"]["labels"]["app.kubernetes.io/component"] == "session"
+    assert secret["data"] == {"a": "MQ==", "b": "Mg=="}
+    assert len(new_value()) >= 43  # 32 random bytes
+    assert new_value() != new_value()
+
+
+@pytest.mark.parametrize("spec_name", SPECS)
+def test_every_scratch_volume_has_a_size_limit(spec_name: str) -> None:
+    for deployment in (
+        render_llm_deployment(OWNER, SPECS[spec_name]),
+        render_session_deployment(OWNER, SPECS[spec_name]),
+    ):
+        volumes = deployment["spec"]["template"]["spec"]["volumes"]
+        empty_dirs = [v for v in volumes if "emptyDir" in v]
+        assert len(empty_dirs) >= 2
+        for volume in empty_dirs:
+            assert volume["emptyDir"]["sizeLimit"], volume
+
+
+def test_session_network_policy_lets_clients_in_and_only_the_llm_and_dns_out() -> None:
+    policy = render_session_network_policy(OWNER, SPECS["minimal"])
+    spec = policy["spec"]
+    assert policy["metadata"]["name"] == "demo-session"
+    assert spec["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "session"
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
+    public, monitoring = spec["ingress"]
+    assert public == {"ports": [{"protocol": "TCP", "port": SESSION_PORT}]}
+    assert monitoring["from"][0]["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "monitoring"
+    }
+    llm, dns = spec["egress"]
+    assert llm["to"] == [{"podSelector": {"matchLabels": {
+        "app.kubernetes.io/name": "voicechat", "app.kubernetes.io/instance": "demo", "app.kubernetes.io/component": "llm"
+    }}}]  # fmt: skip
+    assert {p["port"] for p in llm["ports"]} == {ENGINE_PORT, GATE_PORT}
+    assert {(p["protocol"], p["port"]) for p in dns["ports"]} == {("UDP", 53), ("TCP", 53)}
+    assert "ipBlock" not in json.dumps(spec)  # no internet, no cloud metadata endpoint
+
+
+def test_session_network_policy_opens_https_only_for_a_hub_stt_model() -> None:
+    raw = {
+        "session": {"minReplicas": 1, "maxReplicas": 2, "stt": {"model": "Systran/faster-whisper-small.en"}}
+    }
+    egress = render_session_network_policy(OWNER, parse_spec("demo", {"llm": {}, **raw}))["spec"]["egress"]
+    assert egress[-1] == {
+        "to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}],
+        "ports": [{"protocol": "TCP", "port": 443}],
+    }
+    raw["session"]["stt"]["model"] = "/models/whisper"
+    egress = render_session_network_policy(OWNER, parse_spec("demo", {"llm": {}, **raw}))["spec"]["egress"]
+    assert len(egress) == 2

@@ -10,16 +10,16 @@ from collections.abc import Mapping
 from typing import Any
 
 import kubernetes_validate
-import pytest
 
 from tests.support.kube_schema import minimal_voicechat
 from voicechat_operator import kinds, rbac
+from voicechat_operator.generated import new_value, render_generated_secret
 from voicechat_operator.reconcile import Reconciler
 from voicechat_operator.render import (
     RESUME_MOUNT,
     Owner,
+    generated_secrets,
     render_children,
-    render_resume_secret,
     render_session_deployment,
     resume_secret_name,
     session_name,
@@ -65,42 +65,45 @@ def test_a_referenced_secret_is_mounted_instead_and_nothing_is_generated() -> No
     settings = _config_env(spec)
     assert settings["VOICECHAT_SESSION_RESUME_KEY_FILE"] == f"{RESUME_MOUNT}/current"
     assert settings["VOICECHAT_SESSION_RESUME_PREVIOUS_KEY_FILE"] == f"{RESUME_MOUNT}/old"
-    assert render_resume_secret(OWNER, spec) is None
+    assert "my-keys" not in {g.name for g in generated_secrets(OWNER, spec)}
+    assert "demo-session-resume" not in {g.name for g in generated_secrets(OWNER, spec)}
 
 
-def test_generated_secret_is_random_owned_and_valid() -> None:
+def test_generated_secret_is_one_of_the_operator_generated_secrets() -> None:
     spec = _spec()
-    first, second = render_resume_secret(OWNER, spec), render_resume_secret(OWNER, spec)
-    assert first is not None
-    assert second is not None
-    key = first["stringData"]["key"]
-    assert len(key) >= MIN_SECRET_CHARS
-    assert key != second["stringData"]["key"]
-    assert first["metadata"]["ownerReferences"] == [OWNER.reference()]
-    kubernetes_validate.validate(first, "1.33", strict=True)
+    wanted = {g.name: g for g in generated_secrets(OWNER, spec)}
+    resume = wanted["demo-session-resume"]
+    assert resume.keys == ("key",)
+    secret = render_generated_secret(OWNER, resume, {"key": new_value()})
+    assert len(new_value()) >= MIN_SECRET_CHARS
+    assert secret["metadata"]["ownerReferences"] == [OWNER.reference()]
+    kubernetes_validate.validate(secret, "1.33", strict=True)
     # Never among the applied children: a re-render would replace the key and orphan every token.
     assert all(child["kind"] != "Secret" for child in render_children(OWNER, spec))
 
 
-def test_rbac_creates_secrets_and_nothing_more() -> None:
+def test_rbac_never_lists_or_watches_secrets() -> None:
     rules = rbac.required_rules()
     assert rbac.allows(rules, "", "secrets", "create")
-    for verb in ("get", "list", "watch", "patch", "update", "delete"):
+    for verb in ("list", "watch", "delete"):
         assert not rbac.allows(rules, "", "secrets", verb), verb
 
 
 class RecordingClient:
-    """The calls the reconciler makes; every child already matches (nothing drifted) unless deleted."""
+    """Enough of KubeClient for a reconcile: objects live in a dict; creates and applies are recorded."""
 
-    def __init__(self, existing_secret: bool) -> None:
-        self.created: list[dict[str, Any]] = []
+    def __init__(self) -> None:
+        self.created: list[str] = []
         self.applied: list[str] = []
-        self.existing_secret = existing_secret
         self.live: dict[tuple[str, str], dict[str, Any]] = {}
 
-    async def create(self, obj: Mapping[str, Any]) -> bool:
-        self.created.append(dict(obj))
-        return not self.existing_secret
+    async def create(self, obj: Mapping[str, Any]) -> dict[str, Any] | None:
+        key = (obj["kind"], obj["metadata"]["name"])
+        if key in self.live:
+            return None
+        self.created.append(f"{obj['kind']}/{obj['metadata']['name']}")
+        self.live[key] = dict(obj)
+        return dict(obj)
 
     async def get(self, kind: kinds.Kind, namespace: str, name: str) -> dict[str, Any] | None:
         return self.live.get((kind.kind, name))
@@ -109,6 +112,9 @@ class RecordingClient:
         self.applied.append(f"{obj['kind']}/{obj['metadata']['name']}")
         self.live[(obj["kind"], obj["metadata"]["name"])] = dict(obj)
         return dict(obj)
+
+    async def merge_patch(self, kind: kinds.Kind, namespace: str, name: str, patch: Any) -> None:
+        raise AssertionError("no key is missing from a Secret the operator made")
 
     async def delete(self, kind: kinds.Kind, namespace: str, name: str) -> bool:
         return False
@@ -124,24 +130,20 @@ def _body(**session: Any) -> dict[str, Any]:
     return body
 
 
-@pytest.mark.parametrize("existing", [False, True])
-async def test_the_secret_is_created_before_the_session_pods_and_never_replaced(existing: bool) -> None:
-    client = RecordingClient(existing_secret=existing)
+async def test_the_secret_is_created_once_before_the_session_pods_and_never_replaced() -> None:
+    client = RecordingClient()
     reconciler = Reconciler(client)  # type: ignore[arg-type]
-    applied = await reconciler.reconcile(_body(), force=True)
-    assert [c["metadata"]["name"] for c in client.created] == ["demo-session-resume"]
-    assert ("Secret/demo-session-resume" in applied) is not existing
-    if not existing:  # created before the Deployment whose pods mount it
-        assert applied.index("Secret/demo-session-resume") < applied.index(
-            f"Deployment/{session_name(OWNER)}"
-        )
-    # An idle reconcile (nothing drifted) makes no call at all, so none to the Secret either.
-    client.created.clear()
-    assert await reconciler.reconcile(_body(), force=False) == []
-    assert client.created == []
+    await reconciler.reconcile(_body(), force=True)
+    assert "Secret/demo-session-resume" in client.created
+    key = client.live[("Secret", "demo-session-resume")]["data"]["key"]
+    await reconciler.reconcile(_body(), force=True)
+    assert client.created.count("Secret/demo-session-resume") == 1
+    assert client.live[("Secret", "demo-session-resume")]["data"]["key"] == key
+    assert session_name(OWNER) in [a.split("/", 1)[1] for a in client.applied]
 
 
 async def test_a_referenced_secret_is_never_created() -> None:
-    client = RecordingClient(existing_secret=False)
+    client = RecordingClient()
     await Reconciler(client).reconcile(_body(resumeKeySecret={"name": "my-keys"}), force=True)  # type: ignore[arg-type]
-    assert client.created == []
+    assert "Secret/demo-session-resume" not in client.created
+    assert "Secret/my-keys" not in client.created

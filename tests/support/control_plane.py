@@ -291,11 +291,12 @@ class Kube:
     def delete(self, path: str) -> bool:
         return self.request("DELETE", path, missing_ok=True) is not None
 
-    def ensure_namespace(self, name: str) -> None:
+    def ensure_namespace(self, name: str, labels: dict[str, str] | None = None) -> None:
         if self.get(f"/api/v1/namespaces/{name}") is None:
-            self.create(
-                "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
-            )
+            meta: Obj = {"name": name, **({"labels": labels} if labels else {})}
+            self.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": meta})
+        elif labels:
+            self.merge_patch(f"/api/v1/namespaces/{name}", {"metadata": {"labels": labels}})
         # Pods need the namespace's default ServiceAccount (the controller-manager creates it).
         wait_for(
             lambda: self.get(f"/api/v1/namespaces/{name}/serviceaccounts/default"),

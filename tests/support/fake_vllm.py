@@ -12,6 +12,7 @@ readiness, death, stop) run end to end on a CPU-only machine.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import stat
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--dtype", choices=["auto", "half", "float16", "bfloat16", "float", "float32"])
     serve.add_argument("--enforce-eager", action="store_true")
     serve.add_argument("--seed", type=int, default=None)
+    serve.add_argument("--override-generation-config", type=json.loads, default=None)
     return parser
 
 
@@ -63,6 +65,11 @@ def serve(args: argparse.Namespace) -> int:
     params.endpoint_metrics = True
     params.model_alias = set(args.served_model_name or [args.model])
     params.verbosity = 1
+    # As vLLM: the key comes from VLLM_API_KEY, the generation config's max_new_tokens caps max_tokens.
+    if api_key := os.environ.get("VLLM_API_KEY"):
+        params.api_keys = [api_key]
+    if max_new_tokens := (args.override_generation_config or {}).get("max_new_tokens"):
+        params.n_predict = int(max_new_tokens)
     # One thread decodes fastest on a CPU shared with other tests (see the threads setting).
     params.cpuparams.n_threads = 1
     params.cpuparams_batch.n_threads = 1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -18,6 +17,7 @@ import httpx
 
 from voicechat_common.localstack import ManagedProcess, free_port
 from voicechat_llm.config import embedded_model_path
+from voicechat_llm.metrics import count_in_flight
 from voicechat_llm.settings import ENV_PREFIX
 
 START_TIMEOUT_S = 180.0
@@ -90,9 +90,11 @@ def launch(log_path: Path, *args: str, env: dict[str, str] | None = None) -> LLM
 
 
 @contextmanager
-def running_service(log_path: Path, *args: str, ready: bool = True) -> Iterator[LLMServiceProcess]:
+def running_service(
+    log_path: Path, *args: str, ready: bool = True, env: dict[str, str] | None = None
+) -> Iterator[LLMServiceProcess]:
     """A started service, stopped (SIGTERM, then SIGKILL) on exit; waits for /readyz 200 if ``ready``."""
-    service = launch(log_path, *args)
+    service = launch(log_path, *args, env=env)
     try:
         if ready:
             service.proc.wait_ready(START_TIMEOUT_S)
@@ -157,9 +159,15 @@ def chat_body(user: str, max_tokens: int, **extra: Any) -> dict[str, Any]:
     }
 
 
-def engine_client(timeout_s: float) -> httpx.AsyncClient:
+def bearer(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def engine_client(timeout_s: float, api_key: str | None = None) -> httpx.AsyncClient:
     """A client for the engine without keep-alive (llama.cpp drops idle connections without notice)."""
-    return httpx.AsyncClient(timeout=timeout_s, limits=httpx.Limits(max_keepalive_connections=0))
+    return httpx.AsyncClient(
+        timeout=timeout_s, limits=httpx.Limits(max_keepalive_connections=0), headers=bearer(api_key)
+    )
 
 
 @asynccontextmanager
@@ -181,6 +189,10 @@ async def open_stream(
         yield deltas()
 
 
-def slots_busy(engine_url: str) -> int:
-    slots = json.loads(httpx.get(f"{engine_url}/slots", timeout=5).text)
-    return sum(1 for slot in slots if slot.get("is_processing"))
+def slots_busy(engine_url: str, api_key: str | None = None) -> int:
+    """Requests llama.cpp is processing, from its metrics (/slots is off: it shows other clients' text)."""
+    response = httpx.get(f"{engine_url}/metrics", timeout=5, headers=bearer(api_key))
+    response.raise_for_status()
+    busy = count_in_flight(response.text)
+    assert busy is not None, "the engine exports no in-flight gauge"
+    return busy

@@ -83,11 +83,29 @@ llm:
   servicePort: gate
 {{- end }}
 
+{{/*
+Namespaces the operator watches, as a JSON list; [] means every namespace. Default: the release namespace only
+(operator.clusterWide opts in to every namespace; operator.watchNamespaces names others).
+*/}}
+{{- define "voicechat.watchNamespaces" -}}
+{{- if .Values.operator.clusterWide }}
+{{- if .Values.operator.watchNamespaces }}
+{{- fail "operator.clusterWide watches every namespace: leave operator.watchNamespaces empty, or set clusterWide=false" }}
+{{- end }}
+{{- list | toJson }}
+{{- else if .Values.operator.watchNamespaces }}
+{{- .Values.operator.watchNamespaces | toJson }}
+{{- else }}
+{{- list .Release.Namespace | toJson }}
+{{- end }}
+{{- end }}
+
 {{/* Scrape the namespaces the operator watches (all of them when it watches every namespace). */}}
 {{- define "voicechat.monitorNamespaceSelector" -}}
-{{- if .Values.operator.watchNamespaces }}
+{{- $watch := include "voicechat.watchNamespaces" . | fromJsonArray }}
+{{- if $watch }}
 matchNames:
-  {{- toYaml .Values.operator.watchNamespaces | nindent 2 }}
+  {{- toYaml $watch | nindent 2 }}
 {{- else }}
 any: true
 {{- end }}
@@ -102,7 +120,7 @@ any: true
 {{/* Operator settings (voicechat_operator.settings.OperatorSettings, env prefix VOICECHAT_OPERATOR_). */}}
 {{- define "voicechat.operatorEnv" -}}
 - name: VOICECHAT_OPERATOR_NAMESPACES
-  value: {{ join "," .Values.operator.watchNamespaces | quote }}
+  value: {{ join "," (include "voicechat.watchNamespaces" . | fromJsonArray) | quote }}
 {{- if .Values.operator.peering.enabled }}
 - name: VOICECHAT_OPERATOR_PEERING_NAME
   value: {{ include "voicechat.peeringName" . | quote }}

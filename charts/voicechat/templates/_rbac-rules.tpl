@@ -36,10 +36,14 @@ are derived from its code and kopf's needs. tests/chart/test_rbac.py fails when 
 - apiGroups: ["monitoring.coreos.com"]
   resources: ["podmonitors"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# kopf posts events about handler progress and failures; the operator creates each VoiceChat's resume-key
-# Secret once (never reads, lists or changes Secrets).
+# Secrets the operator generates once per VoiceChat (the LLM API key): read, created when absent, missing
+# keys added. Never listed or watched, so it cannot enumerate the namespace's Secrets.
 - apiGroups: [""]
-  resources: ["events", "secrets"]
+  resources: ["secrets"]
+  verbs: ["get", "create", "patch"]
+# kopf posts events about handler progress and failures.
+- apiGroups: [""]
+  resources: ["events"]
   verbs: ["create"]
 # kopf peering in a watched namespace.
 - apiGroups: ["kopf.dev"]

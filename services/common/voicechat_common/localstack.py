@@ -125,6 +125,8 @@ class LocalStack:
         repr=False,
     )
     """Seals resume tokens; shared by every session process this stack starts, so restarts resume."""
+    # The engine's API key, given to both services (make up generates one; None: the engine is open).
+    llm_api_key: str | None = field(default=None, repr=False)
     log_dir: Path | None = None
     llm_timeout_s: float = 180.0
     session_timeout_s: float = 240.0
@@ -167,6 +169,7 @@ class LocalStack:
                 "VOICECHAT_LLM_ENGINE_PORT": str(self.llm_engine_port),
                 "VOICECHAT_LLM_GATE_PORT": str(self.llm_gate_port),
                 "VOICECHAT_LLM_NICE": str(self.llm_nice),
+                **({"VOICECHAT_LLM_API_KEY": self.llm_api_key} if self.llm_api_key else {}),
                 **self.llm_env,
             },
             log_path=self._log("llm"),
@@ -185,6 +188,7 @@ class LocalStack:
                 "VOICECHAT_SESSION_LLM_URL": self.llm_api_url,
                 "VOICECHAT_SESSION_LLM_WARMUP_URL": f"{self.llm_gate_url}/warmup",
                 "VOICECHAT_SESSION_RESUME_KEY": self.resume_key,
+                **({"VOICECHAT_SESSION_LLM_API_KEY": self.llm_api_key} if self.llm_api_key else {}),
                 **self.session_env,
                 **(extra_env or {}),
             },
@@ -250,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         session_port=args.port,
         with_session=not args.llm_only,
         llm_nice=args.llm_nice,
+        # A fresh key per run: only the session service (and whoever reads this process) can use the engine.
+        llm_api_key=os.environ.get("VOICECHAT_LLM_API_KEY") or secrets.token_urlsafe(32),
     )
     stopping = False
 

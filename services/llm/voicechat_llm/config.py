@@ -8,9 +8,10 @@ from __future__ import annotations
 import errno
 import hashlib
 import importlib.util
+import ipaddress
 import shutil
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from voicechat_llm.settings import DEFAULT_VLLM_MODEL, ENV_PREFIX, LLMSettings
@@ -40,6 +41,12 @@ class StartPlan:
     served_model_name: str
     system_prompt: str
     connect_host: str
+    # None: the engine answers anyone who reaches it (loopback only, or allow_unauthenticated).
+    api_key: str | None = field(default=None, repr=False)
+
+    def auth_headers(self) -> dict[str, str]:
+        """Headers the service's own engine requests carry (health, metrics, warm-up)."""
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
     @property
     def system_prompt_sha256(self) -> str:
@@ -104,6 +111,45 @@ def load_system_prompt(settings: LLMSettings) -> str:
     return prompt
 
 
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def load_api_key(settings: LLMSettings) -> str | None:
+    """The engine API key from its file or setting; a non-loopback service without one is refused."""
+    if settings.api_key_file is not None:
+        try:
+            key = settings.api_key_file.read_text(encoding="utf-8").strip()
+        except OSError as err:
+            raise ConfigError(
+                f"cannot read the API key file {settings.api_key_file}: {err.strerror} "
+                f"(fix {flag_and_env('api_key_file')})"
+            ) from err
+        if not key:
+            raise ConfigError(f"the API key file {settings.api_key_file} is empty")
+    elif settings.api_key is not None:
+        key = settings.api_key.get_secret_value().strip()
+        if not key:
+            raise ConfigError(f"the API key is empty (set {flag_and_env('api_key')} or its file)")
+    else:
+        key = None
+    if key is not None and any(ch.isspace() or not ch.isprintable() for ch in key):
+        raise ConfigError("the API key contains whitespace or control characters (it travels in a header)")
+    if key is None and not is_loopback(settings.host) and not settings.allow_unauthenticated:
+        raise ConfigError(
+            f"no API key: the engine would answer anyone who reaches {settings.host or '*'}:"
+            f"{settings.engine_port}. Set {flag_and_env('api_key')} or {flag_and_env('api_key_file')}, "
+            f"listen on loopback ({flag_and_env('host')} 127.0.0.1), or set "
+            f"{flag_and_env('allow_unauthenticated')} to serve it open on purpose"
+        )
+    return key
+
+
 def check_engine_installed(settings: LLMSettings) -> None:
     if settings.engine == "vllm":
         if shutil.which(settings.vllm_executable) is None:
@@ -148,6 +194,7 @@ def plan(settings: LLMSettings) -> StartPlan:
     check_engine_installed(settings)
     model = resolve_model(settings)
     system_prompt = load_system_prompt(settings)
+    api_key = load_api_key(settings)
     check_port_free(settings.host, settings.engine_port, "engine_port")
     check_port_free(settings.host, settings.gate_port, "gate_port")
     return StartPlan(
@@ -156,4 +203,5 @@ def plan(settings: LLMSettings) -> StartPlan:
         served_model_name=settings.served_model_name or default_served_model_name(settings.engine, model),
         system_prompt=system_prompt,
         connect_host="127.0.0.1" if settings.host in _WILDCARD_HOSTS else settings.host,
+        api_key=api_key,
     )

@@ -71,6 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     if settings.log_level != "debug":
         # One line per health probe and warm-up request drowns the service's own logs.
         logging.getLogger("httpx").setLevel(logging.WARNING)
+    if start_plan.api_key is None:
+        log.warning(
+            "the engine port needs no API key: anyone who reaches it may generate",
+            extra={"host": settings.host, "port": settings.engine_port},
+        )
     # Imported late: it pulls in FastAPI/uvicorn, which --help and config errors do not need.
     from voicechat_llm.service import run_service
 

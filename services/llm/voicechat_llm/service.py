@@ -79,7 +79,9 @@ class LLMService:
         # on such a stale connection fails ("disconnected without sending a response") — a false alarm
         # for a health probe. A fresh loopback connection per request costs well under a millisecond.
         limits = httpx.Limits(max_keepalive_connections=0)
-        async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
+        # The service's own engine requests (health, metrics, warm-up) carry the engine's API key.
+        headers = self.plan.auth_headers()
+        async with httpx.AsyncClient(timeout=timeout, limits=limits, headers=headers) as client:
             gate, gate_task = await self._start_gate(client)
             try:
                 return await self._run_engine(client)

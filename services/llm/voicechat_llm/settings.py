@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from voicechat_common.contracts import DEFAULT_SYSTEM_PROMPT
@@ -53,6 +53,26 @@ class LLMSettings(BaseSettings):
     engine_port: int = Field(ENGINE_PORT, ge=1, le=65535, description="OpenAI-compatible API port.")
     gate_port: int = Field(
         GATE_PORT, ge=1, le=65535, description="Gate port: /livez /readyz /warmup /metrics."
+    )
+    api_key: SecretStr | None = Field(
+        None,
+        description="Key every client must send to the engine port (Authorization: Bearer KEY); the gate's "
+        "probes stay open. Required unless the service listens on loopback only (or allow_unauthenticated).",
+    )
+    api_key_file: Path | None = Field(
+        None, description="File holding the engine API key (overrides api_key; mounted from a Secret)."
+    )
+    allow_unauthenticated: bool = Field(
+        False,
+        description="Serve the engine without an API key on a non-loopback address (anyone who reaches the "
+        "port may generate).",
+    )
+    max_tokens: int = Field(
+        1024,
+        ge=1,
+        description="Most tokens one request generates. vLLM: a server-side cap on every request "
+        "(generation-config max_new_tokens); llama.cpp: the default for requests without max_tokens, "
+        "while max_model_len (no context shift) bounds every request.",
     )
     system_prompt: str = Field(
         DEFAULT_SYSTEM_PROMPT, description="System prompt used to warm the prefix cache."

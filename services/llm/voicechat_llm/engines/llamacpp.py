@@ -48,7 +48,17 @@ def build_params(settings: LLMSettings, plan: StartPlan) -> Any:
         cpu.n_threads = settings.threads or -1  # -1: llama.cpp uses every physical core
         cpu.poll = settings.cpu_poll
     params.endpoint_metrics = True
-    params.endpoint_slots = True
+    # /slots shows every slot's prompt and output: other clients' conversations. Off, as is POST /props
+    # (changing server settings); with an API key, every endpoint but /health and /models needs it.
+    params.endpoint_slots = False
+    params.endpoint_props = False
+    if plan.api_key:
+        params.api_keys = [plan.api_key]
+    # What llama.cpp enforces: a request without max_tokens generates at most this many tokens, and no
+    # request outgrows its slot (max_model_len, prompt + completion: no context shift). This version does
+    # not lower a larger max_tokens a request asks for; the slot size is the hard bound.
+    params.n_predict = settings.max_tokens
+    params.ctx_shift = False
     params.cache_prompt = True
     params.verbosity = _VERBOSITY[settings.log_level]
     return params

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -16,6 +17,9 @@ from voicechat_llm.engines.base import Engine, EngineError
 from voicechat_llm.settings import LLMSettings
 
 log = logging.getLogger(__name__)
+
+# vLLM's API server requires `Authorization: Bearer` on /v1/* when this is set (/health, /metrics stay open).
+VLLM_API_KEY_ENV = "VLLM_API_KEY"
 
 
 def build_vllm_argv(settings: LLMSettings, model: str, served_model_name: str) -> list[str]:
@@ -37,8 +41,20 @@ def build_vllm_argv(settings: LLMSettings, model: str, served_model_name: str) -
         "--tensor-parallel-size",
         str(settings.tensor_parallel_size),
         "--enable-prefix-caching" if settings.enable_prefix_caching else "--no-enable-prefix-caching",
+        # vLLM reads max_new_tokens as the server's max_tokens and serves min(request, this, room left in
+        # max_model_len); --max-model-len bounds prompt + completion in every case.
+        "--override-generation-config",
+        json.dumps({"max_new_tokens": settings.max_tokens}),
     ]
     return [*argv, *settings.extra_args]
+
+
+def vllm_env(api_key: str | None) -> dict[str, str]:
+    """The child's environment: the API key goes in VLLM_API_KEY, not --api-key (argv is world-readable)."""
+    env = {k: v for k, v in os.environ.items() if k != VLLM_API_KEY_ENV}
+    if api_key:
+        env[VLLM_API_KEY_ENV] = api_key
+    return env
 
 
 class VllmEngine(Engine):
@@ -63,7 +79,9 @@ class VllmEngine(Engine):
         log.info("spawning vllm", extra={"argv": argv})
         try:
             # Own process group: a hard kill also reaches tensor-parallel workers.
-            self._proc = await asyncio.create_subprocess_exec(*argv, start_new_session=True)
+            self._proc = await asyncio.create_subprocess_exec(
+                *argv, start_new_session=True, env=vllm_env(self.plan.api_key)
+            )
         except OSError as err:
             raise EngineError(f"could not run {argv[0]!r}: {err.strerror}") from err
         self._watcher = asyncio.create_task(self._watch(self._proc), name="vllm-watcher")
