@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pydantic
 
@@ -18,6 +19,9 @@ from voicechat_common.logging import configure_logging
 from voicechat_loadtest.client import BadTargetError
 from voicechat_loadtest.report import format_table, write_plot
 from voicechat_loadtest.runner import LoadConfig, run_load
+
+if TYPE_CHECKING:
+    from voicechat_loadtest.restart import RestartConfig
 
 RESULTS_JSON = "results.json"
 RESULTS_PNG = "results.png"
@@ -62,6 +66,45 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-o", "--out", type=Path, default=Path("loadtest-results"), help="results directory")
     run.add_argument("--seed", type=int, default=0, help="random seed (think times, utterance choice)")
 
+    restart = sub.add_parser(
+        "restart",
+        help="conversations while session processes are restarted under them (resume tokens)",
+        description="Start a local stack with several session processes sharing a resume key, run spoken "
+        "conversations, restart one process every --restart-every seconds; report sessions resumed and "
+        "turns lost.",
+    )
+    restart.add_argument("-u", "--users", type=int, default=4, help="conversations at once (default 4)")
+    restart.add_argument("-t", "--turns", type=int, default=6, help="spoken turns per conversation (6)")
+    restart.add_argument("--sessions", type=int, default=2, help="session processes (default 2)")
+    restart.add_argument(
+        "--restart-every", type=float, default=20.0, help="seconds between restarts of a session process (20)"
+    )
+    restart.add_argument(
+        "--kill", action="store_true", help="SIGKILL (a lost pod) instead of SIGTERM (drain)"
+    )
+    restart.add_argument(
+        "--drain-grace", type=float, default=20.0, help="session drain grace in seconds (20)"
+    )
+    restart.add_argument(
+        "--think-time", type=_think_time, default=(1.0, 2.0), help="SECONDS or MIN,MAX (1,2)"
+    )
+    restart.add_argument(
+        "--turn-timeout", type=float, default=60.0, help="seconds after speech for the reply"
+    )
+    restart.add_argument("--llm-url", help="use this OpenAI-compatible /v1 URL instead of starting the LLM")
+    restart.add_argument(
+        "--session-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment of the session processes (repeatable)",
+    )
+    restart.add_argument(
+        "--speech-dir", type=Path, help="directory with manifest.json + WAVs (default: shipped)"
+    )
+    restart.add_argument("-o", "--out", type=Path, default=Path("restart-results"), help="results directory")
+    restart.add_argument("--seed", type=int, default=0, help="random seed")
+
     bench = sub.add_parser("bench", help="start the local stack and measure pod vs connection sharing")
     bench.add_argument("-o", "--out", type=Path, default=Path("bench"), help="results directory (bench/)")
     bench.add_argument("--budget-min", type=float, default=10.0, help="soft time budget in minutes (10)")
@@ -99,6 +142,32 @@ def _config(args: argparse.Namespace) -> LoadConfig:
     )
 
 
+def _env_pair(value: str) -> tuple[str, str]:
+    name, sep, setting = value.partition("=")
+    if not sep or not name:
+        raise ValueError(f"--session-env expects NAME=VALUE, got {value!r}")
+    return name, setting
+
+
+def _restart_config(args: argparse.Namespace) -> RestartConfig:
+    from voicechat_loadtest.restart import RestartConfig
+
+    return RestartConfig(
+        users=args.users,
+        turns=args.turns,
+        sessions=args.sessions,
+        restart_every_s=args.restart_every,
+        kill=args.kill,
+        drain_grace_s=args.drain_grace,
+        think_time_s=args.think_time,
+        turn_timeout_s=args.turn_timeout,
+        llm_url=args.llm_url,
+        session_env=dict(_env_pair(v) for v in args.session_env),
+        speech_dir=args.speech_dir,
+        seed=args.seed,
+    )
+
+
 def _run(args: argparse.Namespace) -> int:
     config = _config(args)
     report = asyncio.run(run_load(config, progress=not args.no_progress))
@@ -122,6 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging("warning", "console")
     try:
+        if args.command == "restart":
+            from voicechat_loadtest.restart import run_restart_cli
+
+            return run_restart_cli(_restart_config(args), args.out)
         if args.command == "bench":
             from voicechat_loadtest.bench import run_bench
 

@@ -29,6 +29,8 @@ from voicechat_session.protocol import (
     ErrorMessage,
     InterruptedMessage,
     ReadyMessage,
+    ResumedMessage,
+    ResumeTokenMessage,
     ServerMessage,
     StartMessage,
     TranscriptMessage,
@@ -108,6 +110,7 @@ class TurnSample(BaseModel):
     server: TurnMetricsMessage | None = None
     error: str | None = None
     error_message: str | None = None
+    interrupt_reason: str | None = None  # why the server interrupted our reply (error "interrupted")
 
 
 # ------------------------------------------------------------------------------------- recorders
@@ -176,6 +179,7 @@ class TurnRecorder:
     metrics: TurnMetricsMessage | None = None
     error: str | None = None
     error_message: str | None = None
+    interrupt_reason: str | None = None
 
     @property
     def replied(self) -> bool:
@@ -223,10 +227,11 @@ class TurnRecorder:
         elif isinstance(msg, TurnMetricsMessage) and self._ours(msg.turn_id) and self.turn_id is not None:
             self.metrics = msg
         elif isinstance(msg, InterruptedMessage) and self._ours(msg.turn_id) and self.turn_id is not None:
-            self.fail("interrupted", f"the server interrupted reply {msg.turn_id}")
+            self.fail("interrupted", f"the server interrupted reply {msg.turn_id} ({msg.reason})")
+            self.interrupt_reason = msg.reason
         elif isinstance(msg, ReadyMessage):
             self.fail("bad_message", "a second `ready` on the same connection")
-        # started, vad, partial transcripts, audio_start, history_cleared: nothing to measure.
+        # started, vad, partial transcripts, audio_start, history_cleared, resume_token: nothing to measure.
 
     def on_closed(self, code: int | None, reason: str) -> None:
         self.fail("closed", f"connection closed by the server (code {code}{': ' + reason if reason else ''})")
@@ -252,6 +257,7 @@ class TurnRecorder:
             server=self.metrics,
             error=self.error,
             error_message=self.error_message,
+            interrupt_reason=self.interrupt_reason,
         )
 
 
@@ -321,6 +327,10 @@ class VoiceClient:
         self._turns = 0
         self._sample_rate: int | None = None
         self.closed_by_server = False
+        self.closed = False
+        """The socket is closed (its close is queued for whoever reads the events next)."""
+        self.resume_token: str | None = None
+        """The newest resume token the server sent (``ready``, then after every turn)."""
 
     async def connect(self) -> ConnectSample:
         rec = ConnectRecorder(dialed=time.perf_counter())
@@ -349,6 +359,8 @@ class VoiceClient:
                 )
             else:
                 rec.on_message(t, item)
+                if isinstance(item, ReadyMessage) and item.resume_token and self.resume_token is None:
+                    self.resume_token = item.resume_token
         if rec.error is not None:
             await self.close()
         return rec.sample(self.user, self.origin)
@@ -362,20 +374,45 @@ class VoiceClient:
                     msg = parse_server_message(raw)
                 except pydantic.ValidationError as err:
                     msg = ErrorMessage(code="internal", message=f"unparseable server message: {err}")
+                if isinstance(msg, ResumeTokenMessage):
+                    # Kept as it arrives: a drain sends the last one just before closing.
+                    self.resume_token = msg.token
                 self._events.put_nowait((t, msg))
         except ConnectionClosed:
             pass
         rcvd = self._ws.protocol.close_rcvd
         self.closed_by_server = rcvd is not None
+        self.closed = True
         self._events.put_nowait(
             (time.perf_counter(), (rcvd.code, rcvd.reason) if rcvd else (None, "connection lost"))
         )
 
-    async def start(self, sample_rate: int) -> None:
+    async def start(self, sample_rate: int, resume_token: str | None = None) -> None:
         assert self._ws is not None, "connect() first"
-        msg = StartMessage(sample_rate=sample_rate, voice=self.options.voice, speed=self.options.speed)
+        msg = StartMessage(
+            sample_rate=sample_rate,
+            voice=self.options.voice,
+            speed=self.options.speed,
+            resume_token=resume_token,
+        )
         await self._ws.send(msg.model_dump_json(exclude_none=True))
         self._sample_rate = sample_rate
+
+    async def resume(self, sample_rate: int, token: str, timeout_s: float = 10.0) -> ResumedMessage | None:
+        """``start`` carrying ``token``; the server's ``resumed`` answer, or None (closed, or no answer)."""
+        await self.start(sample_rate, resume_token=token)
+        deadline = time.perf_counter() + timeout_s
+        while (left := deadline - time.perf_counter()) > 0:
+            try:
+                t, item = await asyncio.wait_for(self._events.get(), left)
+            except TimeoutError:
+                return None
+            if isinstance(item, tuple):
+                self._events.put_nowait((t, item))
+                return None
+            if isinstance(item, ResumedMessage):
+                return item
+        return None
 
     async def _stream(self, speech: Speech, rec: TurnRecorder, stop: asyncio.Event) -> None:
         """Speech frames at real-time pace (each sent when a microphone would have captured it), then

@@ -39,6 +39,10 @@ CACHE_MOUNT = "/var/cache/voicechat"
 RUN_AS = 10001
 # preStop pause: lets endpoint controllers and load balancers stop sending new traffic before SIGTERM.
 PRESTOP_SECONDS = 5
+# The resume-key Secret, mounted whole: `key`, and `previous-key` only during a rotation.
+RESUME_MOUNT = "/var/run/voicechat/resume"
+RESUME_SECRET_SUFFIX = "-session-resume"
+GENERATED_RESUME_KEY = "key"
 STARTUP_PERIOD_SECONDS = 10
 
 
@@ -74,6 +78,18 @@ def session_name(owner: Owner) -> str:
 
 def config_name(owner: Owner) -> str:
     return f"{owner.name}-{CONFIG}"
+
+
+def resume_secret_name(owner: Owner, spec: VoiceChatSpec) -> str:
+    """The Secret sealing resume tokens: the one the spec names, else the generated NAME-session-resume."""
+    ref = spec.session.resume_key_secret
+    return ref.name if ref is not None else f"{owner.name}{RESUME_SECRET_SUFFIX}"
+
+
+def _resume_key_files(spec: VoiceChatSpec) -> tuple[str, str]:
+    ref = spec.session.resume_key_secret
+    key, previous = (ref.key, ref.previous_key) if ref is not None else (GENERATED_RESUME_KEY, "previous-key")
+    return f"{RESUME_MOUNT}/{key}", f"{RESUME_MOUNT}/{previous}"
 
 
 def selector_labels(owner: Owner, component: str) -> dict[str, str]:
@@ -172,6 +188,8 @@ def session_settings(owner: Owner, spec: VoiceChatSpec) -> dict[str, str]:
         "tts_speed": session.tts.speed,
         "tts_device": session.tts.device,
         "drain_grace_s": session.drain_seconds,
+        "resume_key_file": _resume_key_files(spec)[0],
+        "resume_previous_key_file": _resume_key_files(spec)[1],
         "model_cache_dir": f"{CACHE_MOUNT}/models",
         "log_format": "json",
     }
@@ -318,6 +336,9 @@ def generated_secrets(owner: Owner, spec: VoiceChatSpec) -> list[GeneratedSecret
     if spec.llm.api_key_secret is None:
         name, key = llm_api_key_ref(owner, spec)
         wanted.append(GeneratedSecret(name, (key,), LLM))
+    if spec.session.resume_key_secret is None:
+        # Never rotated by the operator: a new key would orphan every live conversation's resume token.
+        wanted.append(GeneratedSecret(resume_secret_name(owner, spec), (GENERATED_RESUME_KEY,), SESSION))
     return wanted
 
 
@@ -436,11 +457,15 @@ def render_session_deployment(owner: Owner, spec: VoiceChatSpec) -> Obj:
         "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(PRESTOP_SECONDS)]}}},
         "resources": {k: dict(v) for k, v in session.resources.model_dump().items() if v},
         "securityContext": _container_security(),
-        "volumeMounts": _mounts(),
+        "volumeMounts": _mounts([{"name": "resume-key", "mountPath": RESUME_MOUNT, "readOnly": True}]),
     }
-    pod = _pod_spec(
-        spec, container, _volumes(owner, SESSION), session.drain_seconds + PRESTOP_SECONDS + 10, session
-    )
+    # The whole Secret: its previous key appears (and goes) with a rotation without a change here.
+    resume_key = {
+        "name": "resume-key",
+        "secret": {"secretName": resume_secret_name(owner, spec), "defaultMode": 0o440},
+    }
+    grace = session.drain_seconds + PRESTOP_SECONDS + 10
+    pod = _pod_spec(spec, container, _volumes(owner, SESSION, [resume_key]), grace, session)
     template = _pod_template(owner, spec, SESSION, pod)
     return _object(
         kinds.DEPLOYMENT,

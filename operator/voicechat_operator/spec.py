@@ -131,6 +131,14 @@ class TTS(_Model):
     device: Literal["cpu", "cuda"] = "cpu"
 
 
+class ResumeKeySecret(_Model):
+    """The Secret whose ``key`` (and, during a rotation, ``previousKey``) seal the session's resume tokens."""
+
+    name: str = Field(min_length=1)
+    key: str = Field("key", min_length=1)
+    previous_key: str = Field("previous-key", min_length=1)
+
+
 class SessionSpec(_Model):
     image: str | None = Field(None, min_length=1)
     image_pull_policy: PullPolicy = "IfNotPresent"
@@ -146,6 +154,7 @@ class SessionSpec(_Model):
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[dict[str, Any]] = Field(default_factory=list)
     drain_seconds: int = Field(20, ge=0, le=3600)
+    resume_key_secret: ResumeKeySecret | None = None
 
 
 class ServiceSpec(_Model):

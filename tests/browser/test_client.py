@@ -276,8 +276,11 @@ def test_dropped_connection_reconnects_with_countdown(
     expect(launch_page.get_by_role("button", name="Reconnect now")).to_be_visible()
 
     wait_connected(launch_page)
+    # The page resumes with the token the first session gave it: the same conversation goes on.
+    launch_page.wait_for_function("() => window.voicechat.resumeOutcomes.length === 1", timeout=10_000)
     s = state(launch_page)
-    assert s["sessionId"] != first_session
+    assert s["resumeOutcomes"] == ["ok"]
+    assert s["sessionId"] == first_session
     assert s["reconnects"] == 1
     assert len(routes) == 2
     assert log.unexpected_errors() == []

@@ -13,6 +13,7 @@ from voicechat_session.protocol import (
     ClientMessage,
     CloseCode,
     ErrorCode,
+    ResumeFailureCode,
     ServerMessage,
     StartMessage,
 )
@@ -73,6 +74,11 @@ def test_protocol_module_mirrors_protocol_py() -> None:
 
 def test_every_error_code_has_words_for_people() -> None:
     assert _object_keys(_js("protocol.js"), "export const ERROR_TEXT = {") == set(typing.get_args(ErrorCode))
+
+
+def test_every_resume_failure_has_words_for_people() -> None:
+    keys = _object_keys(_js("protocol.js"), "export const RESUME_FAILURE_TEXT = {")
+    assert keys == set(typing.get_args(ResumeFailureCode))
 
 
 def test_every_server_message_type_has_a_handler_or_is_deliberately_ignored() -> None:

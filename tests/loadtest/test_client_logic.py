@@ -226,3 +226,12 @@ def test_shipped_speech_is_real_16k_speech_with_texts() -> None:
         samples = np.frombuffer(speech.pcm, dtype="<i2")
         assert np.abs(samples).max() > 3000  # speech, not silence (trimmed, so loud within its first 100 ms)
         assert np.abs(samples[:1600]).max() > 300
+
+
+def test_turn_recorder_keeps_why_the_reply_was_interrupted() -> None:
+    rec = TurnRecorder(speech=SPEECH, after_turn_id=0, started=0.0)
+    rec.speech_ended(1.0)
+    rec.on_message(1.1, TranscriptMessage(text="What is the capital of France?", final=True, turn_id=1))
+    rec.on_message(1.2, InterruptedMessage(turn_id=1, reason="shutdown"))
+    sample = rec.sample(0, 1, 0.0, 0.8)
+    assert (sample.error, sample.interrupt_reason) == ("interrupted", "shutdown")

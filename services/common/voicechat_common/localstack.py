@@ -120,6 +120,11 @@ class LocalStack:
     llm_nice: int = LOCAL_LLM_NICE
     llm_env: dict[str, str] = field(default_factory=dict)
     session_env: dict[str, str] = field(default_factory=dict)
+    resume_key: str = field(
+        default_factory=lambda: os.environ.get("VOICECHAT_SESSION_RESUME_KEY") or secrets.token_urlsafe(32),
+        repr=False,
+    )
+    """Seals resume tokens; shared by every session process this stack starts, so restarts resume."""
     # The engine's API key, given to both services (make up generates one; None: the engine is open).
     llm_api_key: str | None = field(default=None, repr=False)
     log_dir: Path | None = None
@@ -182,6 +187,7 @@ class LocalStack:
                 "VOICECHAT_SESSION_PORT": str(self.session_port),
                 "VOICECHAT_SESSION_LLM_URL": self.llm_api_url,
                 "VOICECHAT_SESSION_LLM_WARMUP_URL": f"{self.llm_gate_url}/warmup",
+                "VOICECHAT_SESSION_RESUME_KEY": self.resume_key,
                 **({"VOICECHAT_SESSION_LLM_API_KEY": self.llm_api_key} if self.llm_api_key else {}),
                 **self.session_env,
                 **(extra_env or {}),

@@ -60,6 +60,8 @@ from voicechat_session.protocol import (
     InterruptReason,
     ReadyMessage,
     ResetMessage,
+    ResumedMessage,
+    ResumeTokenMessage,
     StartedMessage,
     StartMessage,
     TextMessage,
@@ -69,6 +71,7 @@ from voicechat_session.protocol import (
     describe_validation_error,
 )
 from voicechat_session.reply import HeldOutbox, TurnRunner, Voice
+from voicechat_session.resume import ResumeError, ResumeTurn, attempt
 from voicechat_session.security import abort_transport
 from voicechat_session.serving import Pod
 from voicechat_session.speculation import Speculation
@@ -111,7 +114,14 @@ class _History:
     """Send the history as it is when the sender gets here (repeated requests coalesce into one)."""
 
 
-_Outgoing = BaseModel | _AudioOut | _TurnEnd | _Close | _Text | _History
+@dataclass(frozen=True)
+class _ResumeToken:
+    """Seal the conversation when the sender gets here: after every reply queued before is in the history."""
+
+
+_INSTRUCTION_BYTES = 64
+
+_Outgoing = BaseModel | _AudioOut | _TurnEnd | _Close | _Text | _History | _ResumeToken
 """A server message, or an instruction to the sender loop."""
 
 
@@ -125,6 +135,8 @@ class Connection:
         self.identity = identity
         self.rates = SessionRates(self.settings, identity)
         self.session_id = uuid.uuid4().hex[:16]
+        self.conversation_id = self.session_id
+        """The conversation's id: this session's, or the one it resumed (kept across pods)."""
         self.opened_at = time.monotonic()
         self.last_activity = self.opened_at
         self.models: ModelSet | None = None
@@ -148,6 +160,8 @@ class Connection:
         self._last_error_at: dict[str, float] = {}
         self._closing = False
         self.draining = False
+        self._drain_utterance: asyncio.Event | None = None
+        """While draining: set when the utterance the person was in the middle of has ended."""
         self.closed = asyncio.Event()
 
     # ------------------------------------------------------------------------------------------ lifecycle
@@ -192,6 +206,7 @@ class Connection:
             sharing=s.sharing,
             llm_model=info.model or self.pod.llm.model,
             llm_warm_ttft_ms=info.warm_ttft_ms,
+            resume_token=self._seal().token,
         )
         await self.ws.send_text(ready.model_dump_json())
         metrics.CONNECT_SECONDS.observe(connect_s)
@@ -272,14 +287,23 @@ class Connection:
         self._queued_bytes = 0
 
     async def drain(self, grace_s: float) -> None:
-        """SIGTERM: no new turns; the turn in progress may finish within ``grace_s``; then close 1001."""
+        """SIGTERM: no new turns; the turn in progress may finish within ``grace_s``; the client gets its
+        latest resume token (to continue on another pod); then close 1001."""
         self.draining = True
-        turn = self.turn
-        if turn is not None and turn.active:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(grace_s):
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace_s):
+                if self.input is not None and self.input.speaking:
+                    # Mid-sentence: that utterance is the turn in flight. Let it end and be answered, so
+                    # the conversation resumes elsewhere without losing what the person just said.
+                    self._drain_utterance = asyncio.Event()
+                    await self._drain_utterance.wait()
+                turn = self.turn
+                if turn is not None and turn.active:
                     await asyncio.shield(turn.finalized)
-            self._interrupt(turn, "shutdown")
+        if self.turn is not None and self.turn.active:
+            self._interrupt(self.turn, "shutdown")
+        if not self._closing:
+            self.send(_ResumeToken())
         self.close(
             CloseCode.GOING_AWAY, "server shutting down", "shutting_down", "the server is shutting down"
         )
@@ -314,21 +338,18 @@ class Connection:
 
     # ---------------------------------------------------------------------------------- output (Outbox)
     def send(self, message: _Outgoing) -> None:
-        if isinstance(message, BaseModel):
-            text = message.model_dump_json()
-            self._enqueue(_Text(text), len(text))
-        else:
-            self._enqueue(message, 0)
+        self._enqueue(_Text(message.model_dump_json()) if isinstance(message, BaseModel) else message)
 
     def send_audio(self, turn: Turn, clause: int, data: bytes) -> None:
-        self._enqueue(_AudioOut(turn, clause, data), len(data))
+        self._enqueue(_AudioOut(turn, clause, data))
 
     def end_turn(self, turn: Turn) -> None:
-        self._enqueue(_TurnEnd(turn), 0)
+        self._enqueue(_TurnEnd(turn))
 
-    def _enqueue(self, item: _Outgoing, size: int) -> None:
+    def _enqueue(self, item: _Outgoing) -> None:
         if self.aborted is not None:
             return
+        size = self._size(item)
         if self._queued_bytes + size > self.settings.max_output_bytes:
             self._abort("output_overflow")
             return
@@ -341,7 +362,11 @@ class Connection:
             return len(item.json)
         if isinstance(item, _AudioOut):
             return len(item.data)
-        return 0
+        if isinstance(item, _Close):
+            return 0  # queued directly by close(), outside the bound
+        # Instructions (turn end, history, resume token) count too: a client that never reads cannot make
+        # the server queue them without limit.
+        return _INSTRUCTION_BYTES
 
     def error(self, code: ErrorCode, message: str) -> None:
         self._error(code, message)
@@ -389,6 +414,8 @@ class Connection:
                     elif isinstance(item, _History):
                         self._history_queued = False
                         await self._send_now(self._history_message())
+                    elif isinstance(item, _ResumeToken):
+                        await self._send_now(self._seal())
                     else:
                         await self.ws.send_text(item.model_dump_json())
         except TimeoutError:
@@ -432,6 +459,7 @@ class Connection:
             if turn.keep_history:
                 self.history.add("assistant", spoken)
             await self._send_now(turn.report(time.perf_counter()))
+            await self._send_now(self._seal())
             log.info("turn finished", extra={"session_id": self.session_id, **turn.log_fields()})
         finally:
             if not turn.finalized.done():
@@ -439,6 +467,69 @@ class Connection:
 
     async def _send_now(self, message: BaseModel) -> None:
         await self.ws.send_text(message.model_dump_json())
+
+    # -------------------------------------------------------------------------------------------- resume
+    def _seal(self) -> ResumeTokenMessage:
+        """The conversation as it stands (history, voice, speed), sealed for the client to keep."""
+        history = [
+            ResumeTurn(role=m.role, content=m.content) for m in self.history.turns if m.role != "system"
+        ]
+        codec = self.pod.resume
+        token = codec.seal(
+            session_id=self.conversation_id, voice=self.voice.name, speed=self.voice.speed, history=history
+        )
+        metrics.RESUME_TOKENS_ISSUED_TOTAL.inc()
+        return ResumeTokenMessage(token=token, expires_in_s=codec.ttl_s)
+
+    def _resume(self, token: str) -> None:
+        """Continue the conversation in ``token``, or say why not and go on fresh (never fatal)."""
+        if self._turn_seq or self.history.turns:
+            # Restoring now would put the old conversation after this one's turns.
+            self.send(
+                ResumedMessage(
+                    resumed=False,
+                    session_id=self.conversation_id,
+                    error="invalid",
+                    message="a conversation can only be resumed before this session's first turn",
+                )
+            )
+            return
+        outcome = attempt(self.pod.resume, token)
+        if isinstance(outcome, ResumeError):
+            self.send(
+                ResumedMessage(
+                    resumed=False,
+                    session_id=self.conversation_id,
+                    error=outcome.failure.value,
+                    message=outcome.detail,
+                )
+            )
+            return
+        state = outcome.state
+        for turn in state.history:
+            self.history.add(turn.role, turn.content)  # this pod's budget applies
+        self.conversation_id = state.session_id
+        if state.voice in self.pod.voices:
+            self.voice.name = state.voice
+        self.voice.speed = state.speed
+        entries = [HistoryEntry(role=m.role, content=m.content) for m in self.history.turns]
+        self.send(
+            ResumedMessage(
+                resumed=True,
+                session_id=self.conversation_id,
+                messages=entries,
+                age_s=round(outcome.age_s, 1),
+            )
+        )
+        log.info(
+            "session resumed",
+            extra={
+                "session_id": self.session_id,
+                "conversation_id": self.conversation_id,
+                "messages": len(entries),
+                "token_age_s": round(outcome.age_s, 1),
+            },
+        )
 
     # --------------------------------------------------------------------------------------------- input
     async def _receive_loop(self) -> None:
@@ -512,12 +603,17 @@ class Connection:
         if not self._check_voice(message.voice):
             return
         assert self.models is not None
+        if message.resume_token is not None:
+            self._resume(message.resume_token)
+        # Voice and speed given in `start` win over the restored ones: the person just chose them.
         self.voice.name = message.voice or self.voice.name
         self.voice.speed = message.speed or self.voice.speed
         self.input = AudioInput(self.pod, self.models, message.sample_rate, self._on_input, self.session_id)
         self.send(
             StartedMessage(sample_rate=message.sample_rate, voice=self.voice.name, speed=self.voice.speed)
         )
+        if message.resume_token is not None:
+            self.send(_ResumeToken())
 
     def _on_configure(self, voice: str | None, speed: float | None) -> None:
         if not self._check_voice(voice):
@@ -526,6 +622,7 @@ class Connection:
         self.voice.speed = speed or self.voice.speed
         rate = self.input.sample_rate if self.input is not None else STT_SAMPLE_RATE
         self.send(StartedMessage(sample_rate=rate, voice=self.voice.name, speed=self.voice.speed))
+        self.send(_ResumeToken())
 
     def _on_reset(self) -> None:
         self._drop_speculation("aborted")
@@ -536,6 +633,7 @@ class Connection:
             self._interrupt(turn, "reset")
         self.history.clear()
         self.send(HistoryClearedMessage())
+        self.send(_ResumeToken())  # of the empty conversation: the old one is not resumable from here on
 
     def _on_input(self, event: InputEvent) -> None:
         """What the audio input stage heard."""
@@ -554,18 +652,20 @@ class Connection:
         elif isinstance(event, Utterance):
             self.send(VadMessage(speaking=False))
             if self._commit_speculation(event):
-                return
-            if speaking is not None and event.speech_ms < min_ms:
+                pass
+            elif speaking is not None and event.speech_ms < min_ms:
                 # Too short to interrupt the assistant: a cough or its own echo, not a turn.
                 log.debug(
                     "short utterance ignored while the assistant speaks",
                     extra={"session_id": self.session_id},
                 )
-                return
-            self._start_turn("voice", audio=event.audio, user_end=event.user_end, decided=event.decided)
-            if self.turn is not None and self._speculation_missed:
-                self.turn.speculation = "miss"
-            self._speculation_missed = False
+            else:
+                self._start_turn("voice", audio=event.audio, user_end=event.user_end, decided=event.decided)
+                if self.turn is not None and self._speculation_missed:
+                    self.turn.speculation = "miss"
+                self._speculation_missed = False
+            if self._drain_utterance is not None:
+                self._drain_utterance.set()
         elif isinstance(event, Partial):
             self.send(TranscriptMessage(text=event.text, final=False, turn_id=self._turn_seq + 1))
         elif isinstance(event, Refused):
@@ -599,7 +699,11 @@ class Connection:
         decided: float | None = None,
     ) -> None:
         self._drop_speculation("aborted")  # a typed turn while a pause was speculated on; else none left
-        if self.draining or self._closing:
+        # Draining takes no new turns, except the one of the utterance that was under way when it began.
+        finishing_utterance = (
+            source == "voice" and self._drain_utterance is not None and not self._drain_utterance.is_set()
+        )
+        if self._closing or (self.draining and not finishing_utterance):
             self._error("shutting_down", "the server is shutting down; no new turns")
             return
         assert self._runner is not None

@@ -134,6 +134,11 @@ class AudioInput:
         self._partial_task: asyncio.Task[None] | None = None
         self._partial_at_ms = 0.0
 
+    @property
+    def speaking(self) -> bool:
+        """The person is in the middle of an utterance (speech heard, its end not yet decided)."""
+        return self._detector.phase is Phase.SPEECH
+
     async def feed(self, data: bytes) -> None:
         """One binary frame from the client."""
         if len(data) % 2:

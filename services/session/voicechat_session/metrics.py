@@ -103,3 +103,12 @@ SESSIONS_ABORTED_TOTAL = Counter(
 SLOW_HANDSHAKES_TOTAL = Counter(
     "voicechat_session_slow_handshakes_total", "Connections dropped for not sending a request head in time."
 )
+RESUMES_TOTAL = Counter(
+    "voicechat_session_resumes_total",
+    "start messages carrying a resume token, by outcome: ok, or why the token was not used (expired, "
+    "invalid, foreign_key, oversized, malformed).",
+    ["outcome"],
+)
+RESUME_TOKENS_ISSUED_TOTAL = Counter(
+    "voicechat_session_resume_tokens_issued_total", "Resume tokens sent to clients."
+)

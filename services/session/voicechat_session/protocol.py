@@ -28,6 +28,11 @@ class StartMessage(_Message):
     sample_rate: int = Field(16_000, ge=MIN_INPUT_SAMPLE_RATE, le=MAX_INPUT_SAMPLE_RATE)
     voice: str | None = Field(None, max_length=64)
     speed: float | None = Field(None, ge=0.5, le=2.0)
+    resume_token: str | None = Field(
+        None,
+        description="The latest token this client received: continue that conversation (answered by "
+        "`resumed`). Bounded by the frame limit; a token the server cannot use is never fatal.",
+    )
 
 
 class TextMessage(_Message):
@@ -77,6 +82,7 @@ class ReadyMessage(_Message):
     sharing: Literal["pod", "connection"]
     llm_model: str | None = None
     llm_warm_ttft_ms: float | None = Field(None, description="The shared LLM's warm TTFT from its /warmup.")
+    resume_token: str | None = Field(None, description="Token of this (new, empty) conversation.")
 
 
 class StartedMessage(_Message):
@@ -145,6 +151,39 @@ class HistoryMessage(_Message):
     messages: list[HistoryEntry]
 
 
+ResumeFailureCode = Literal["expired", "invalid", "foreign_key", "oversized", "malformed"]
+"""Why a resume token was not used (also the ``outcome`` of ``voicechat_session_resumes_total``)."""
+
+
+class ResumedMessage(_Message):
+    """Answer to a ``start`` carrying a resume token, before ``started``.
+
+    ``resumed=true``: the conversation continues (``session_id``, voice, speed and ``messages`` restored).
+    ``resumed=false``: a fresh, empty session; ``error`` and ``message`` say why (never fatal).
+    """
+
+    type: Literal["resumed"] = "resumed"
+    resumed: bool
+    session_id: str
+    error: ResumeFailureCode | None = None
+    message: str | None = None
+    messages: list[HistoryEntry] = Field(
+        default_factory=list, description="The restored conversation (user and assistant), oldest first."
+    )
+    age_s: float | None = Field(None, description="Age of the token used.")
+
+
+class ResumeTokenMessage(_Message):
+    """The conversation's latest state, sealed: keep the newest, send it in ``start`` when reconnecting.
+
+    Sent after every finished turn (after its ``turn_metrics``), after ``reset``, ``configure`` and
+    ``resumed``, and before a "going away" close."""
+
+    type: Literal["resume_token"] = "resume_token"
+    token: str
+    expires_in_s: float
+
+
 ErrorCode = Literal[
     "bad_json",
     "unknown_type",
@@ -210,6 +249,8 @@ ServerMessage = Annotated[
     | InterruptedMessage
     | HistoryClearedMessage
     | HistoryMessage
+    | ResumedMessage
+    | ResumeTokenMessage
     | ErrorMessage
     | TurnMetricsMessage,
     Field(discriminator="type"),

@@ -23,6 +23,7 @@ from voicechat_session import metrics
 from voicechat_session.backends.loader import ModelSet, load_models, warm_up, worker_count
 from voicechat_session.llm import LLM_KEEPALIVE_EXPIRY_S, LLMClient
 from voicechat_session.pool import Priority, PriorityPool
+from voicechat_session.resume import ResumeCodec, codec_from_settings
 from voicechat_session.settings import SessionSettings
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,8 @@ class Pod:
         self.warmup_seconds: dict[str, float] = {}
         self.voices: list[str] = []
         self.llm_info = LlmInfo(model=settings.llm_model)
+        # Seals and opens resume tokens with the key every session pod of the VoiceChat shares.
+        self.resume: ResumeCodec = codec_from_settings(settings)
         # llama.cpp's HTTP server closes idle keep-alive connections after 5 s without telling the client;
         # expire ours first so a reused connection is never one the server already dropped.
         self.http = httpx.AsyncClient(

@@ -8,10 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from voicechat_common.contracts import DEFAULT_SYSTEM_PROMPT
+from voicechat_session.resume_size import budget_plaintext_bytes, max_plaintext_bytes
 
 ENV_PREFIX = "VOICECHAT_SESSION_"
 PORT = 8080
@@ -215,6 +216,37 @@ class SessionSettings(BaseSettings):
         le=65535,
         description="Port for /metrics (cluster-internal); unset: /metrics on the main port (local stack).",
     )
+
+    # Resume tokens (resume.py): conversation state sealed with a key every session pod shares.
+    resume_key: SecretStr | None = Field(
+        None,
+        description="Key sealing resume tokens (32+ random characters). None and no key file: a key of "
+        "this process only, so conversations resume only on it.",
+    )
+    resume_key_file: Path | None = Field(
+        None, description="File holding the key (a mounted Secret); overrides resume_key."
+    )
+    resume_previous_key: SecretStr | None = Field(
+        None, description="The key before a rotation: its tokens still open, new ones use the current key."
+    )
+    resume_previous_key_file: Path | None = Field(
+        None,
+        description="File holding the previous key (a mounted Secret; absent outside a rotation); overrides "
+        "resume_previous_key.",
+    )
+    resume_ttl_s: float = Field(1800.0, gt=0, description="Resume tokens older than this are refused.")
+
+    @model_validator(mode="after")
+    def _resume_token_fits_a_frame(self) -> SessionSettings:
+        need = budget_plaintext_bytes(self.history_max_chars, self.history_max_messages)
+        have = max_plaintext_bytes(self.max_frame_bytes)
+        if need > have:
+            raise ValueError(
+                f"a resume token of the largest history the budget allows ({need} bytes of state) does not "
+                f"fit max_frame_bytes={self.max_frame_bytes} ({have} bytes); raise max_frame_bytes or lower "
+                "history_max_chars"
+            )
+        return self
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"

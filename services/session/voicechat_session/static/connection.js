@@ -1,7 +1,7 @@
 // The WebSocket to the session service: which URL, reconnecting with backoff and a countdown, and which
 // closes deserve no automatic retry. Knows nothing of the page: it reports through the hooks it is given.
 
-import { CLOSE_REASON, errorText, parseServerMessage } from "./protocol.js";
+import { CLOSE_CODE, CLOSE_REASON, errorText, parseServerMessage } from "./protocol.js";
 
 const BACKOFF_S = [1, 2, 4, 8, 15, 30];
 const MAX_SEND_BACKLOG_BYTES = 256 * 1024; // a stalled socket drops mic audio instead of queueing minutes of it
@@ -175,6 +175,7 @@ export class Connection {
 
   onClose(event) {
     const wasReady = this.ready;
+    const fatalCode = this.fatalCode;
     this.ready = false;
     this.ws = null;
     this.hooks.closed();
@@ -190,6 +191,15 @@ export class Connection {
       return;
     }
     if (wasReady && code !== "server_full") this.attempt = 0;
+    // A session pod draining (rollout, scale-down) closes its sessions with "going away" after handing each
+    // its latest resume token: reconnect at once and continue on another pod. Only after a session was
+    // ready: a pod that refuses new sessions while draining gets the usual backoff, never a tight loop.
+    if (wasReady && (event.code === CLOSE_CODE.GOING_AWAY || fatalCode === "shutting_down")) {
+      this.state.reconnects += 1;
+      this.attempt = 1;
+      this.connect();
+      return;
+    }
     this.scheduleReconnect(code);
   }
 

@@ -34,7 +34,7 @@ export class ConversationView {
   }
 
   hasTurns() {
-    return this.turnViews.size > 0 || this.pendingTextView !== null;
+    return this.root.querySelector(".turn") !== null;
   }
 
   newTurnElement() {
@@ -181,6 +181,30 @@ export class ConversationView {
 
   scrollToEnd() {
     this.root.scrollTop = this.root.scrollHeight;
+  }
+
+  // A new connection numbers its turns from 1 again: earlier turns stay on screen but are no longer
+  // addressed by their numbers.
+  newSession() {
+    for (const [turnId, view] of this.turnViews) {
+      view.root.dataset.turn = `earlier-${turnId}`;
+    }
+    this.turnViews.clear();
+  }
+
+  // The restored conversation of a resumed session (a reload shows it again): user/assistant messages.
+  showEarlier(messages) {
+    let view = null;
+    for (const { role, content } of messages) {
+      if (role !== "user" && role !== "assistant") continue;
+      if (role === "user" || view === null || view.assistant) {
+        view = { root: this.newTurnElement(), user: null, assistant: null, metrics: null };
+        view.root.classList.add("earlier");
+      }
+      if (role === "user") this.setUserText(view, content, false);
+      else this.assistantBody(view).textContent = content;
+    }
+    this.scrollToEnd();
   }
 
   clear() {

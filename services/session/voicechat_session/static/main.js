@@ -11,7 +11,8 @@ import { Connection, socketUrl, tokenSource } from "./connection.js";
 import { ConversationView } from "./conversation.js";
 import { PageView } from "./page.js";
 import { loadPrefs, savePrefs } from "./prefs.js";
-import { clientMessage, errorText, OUTPUT_SAMPLE_RATE } from "./protocol.js";
+import { clientMessage, errorText, OUTPUT_SAMPLE_RATE, RESUME_FAILURE_TEXT } from "./protocol.js";
+import { ResumeStore } from "./resume.js";
 import { createState } from "./state.js";
 import { TurnTracker } from "./turns.js";
 
@@ -24,6 +25,8 @@ const el = page.el;
 const conversation = new ConversationView(el.conversation, el.emptyState);
 const turns = new TurnTracker();
 const pendingTexts = []; // typed before the session was ready
+const resume = new ResumeStore();
+let resetPending = false; // a `reset` is on its way: tokens of the old conversation must not be kept
 
 const target = socketUrl(document.baseURI, new URLSearchParams(location.search).get("ws"));
 vc.socketUrl = target.url;
@@ -74,6 +77,7 @@ function setConnection(state, text) {
 }
 
 function onClosed() {
+  resetPending = false; // that socket's tokens are all in; the next one starts clean
   page.clearSessionInfo();
   vc.sessionId = null;
   vc.started = false;
@@ -86,9 +90,16 @@ function send(message) {
   return connection.send(message);
 }
 
-function sendStart() {
+// `resumeToken`: continue that conversation (only in the first `start` of a connection).
+function sendStart(resumeToken = null) {
   if (vc.started) return;
-  if (send(clientMessage.start(CAPTURE_RATE, vc.voice, vc.speed))) vc.started = true;
+  // Resuming, only the person's own choices go along: otherwise the conversation's voice and speed apply.
+  const voice = resumeToken && !prefs.voice ? undefined : vc.voice;
+  const speed = resumeToken && typeof prefs.speed !== "number" ? undefined : vc.speed;
+  if (send(clientMessage.start(CAPTURE_RATE, voice, speed, resumeToken))) {
+    vc.started = true;
+    if (resumeToken) vc.resumeSent += 1;
+  }
 }
 
 function sendConfigure() {
@@ -110,15 +121,25 @@ const HANDLERS = {
     vc.outputSampleRate = msg.output_sample_rate || OUTPUT_SAMPLE_RATE;
     const reconnected = connection.sessionReady();
     if (vc.lastError?.connection && page.errorShown) page.clearError();
+    turns.newSession();
+    conversation.newSession();
     setVoices(msg.voices || [], msg.voice, msg.speed);
     setConnection("connected", "Connected");
     page.showSessionInfo(msg);
-    if (reconnected && conversation.hasTurns()) {
-      conversation.addNote("Reconnected with a new session: the assistant starts with a fresh memory.");
+    const token = resume.token;
+    if (token) {
+      // Continue the conversation this tab had (a reconnect, a reload, another pod after a drain): `start`
+      // carries its token and `resumed` answers.
+      sendStart(token);
+    } else {
+      resume.keep(msg.resume_token);
+      if (reconnected && conversation.hasTurns()) {
+        conversation.addNote("Reconnected with a new session: the assistant starts with a fresh memory.");
+      }
+      // Carry the person's choices into the new session.
+      if (vc.micOn) sendStart();
+      else if (vc.voice !== msg.voice || vc.speed !== msg.speed) sendConfigure();
     }
-    // Carry the person's choices into the new session.
-    if (vc.micOn) sendStart();
-    else if (vc.voice !== msg.voice || vc.speed !== msg.speed) sendConfigure();
     for (const text of pendingTexts.splice(0)) send(clientMessage.text(text));
   },
   started(msg) {
@@ -170,7 +191,29 @@ const HANDLERS = {
     markInterrupted(msg.turn_id);
   },
   history_cleared() {
+    resetPending = false;
     conversation.addNote("Conversation history cleared.");
+  },
+  resumed(msg) {
+    vc.resumeOutcomes.push(msg.resumed ? "ok" : msg.error);
+    vc.sessionId = msg.session_id;
+    if (msg.resumed) {
+      vc.restoredMessages = msg.messages || [];
+      if (conversation.hasTurns()) {
+        conversation.addNote("Reconnected: the conversation continues.");
+      } else {
+        // After a reload the page is empty: show the conversation the assistant remembers.
+        conversation.showEarlier(vc.restoredMessages);
+        if (vc.restoredMessages.length) conversation.addNote("The earlier conversation continues.");
+      }
+    } else {
+      resume.forget();
+      const why = RESUME_FAILURE_TEXT[msg.error] || msg.message || "the conversation could not be continued";
+      conversation.addNote(`Started a new conversation: ${why}.`);
+    }
+  },
+  resume_token(msg) {
+    if (!resetPending) resume.keep(msg.token);
   },
   error(msg) {
     if (msg.fatal) connection.fatal(msg.code);
@@ -325,7 +368,9 @@ el.interrupt.addEventListener("click", interruptAssistant);
 el.reset.addEventListener("click", () => {
   interruptAssistant();
   flushPlayback("reset");
-  send(clientMessage.reset());
+  // Forget the conversation here too: a reconnect before the server's answer must not bring it back.
+  resume.forget();
+  resetPending = send(clientMessage.reset());
   conversation.clear();
   endAllTurns();
   updateActivity();

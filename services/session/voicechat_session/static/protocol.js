@@ -21,6 +21,8 @@ export const SERVER_MESSAGE_TYPES = [
   "interrupted",
   "history_cleared",
   "history",
+  "resumed",
+  "resume_token",
   "error",
   "turn_metrics",
 ];
@@ -51,6 +53,15 @@ export const ERROR_TEXT = {
   forbidden_origin: "This page is not allowed to use the voice service.",
   rate_limited: "Too many requests in a short time. Wait a moment and try again.",
   too_many_sessions: "Too many open sessions from this user or network. Close another tab and try again.",
+};
+
+// ResumeFailureCode: why a resume token was not used (the `error` of a `resumed` message).
+export const RESUME_FAILURE_TEXT = {
+  expired: "the saved conversation was too old to continue",
+  invalid: "the saved conversation could not be verified",
+  foreign_key: "the saved conversation belongs to another deployment or an older key",
+  oversized: "the saved conversation was too large",
+  malformed: "the saved conversation was unreadable",
 };
 
 // CloseCode: the WebSocket close codes the server uses.
@@ -84,7 +95,13 @@ export function errorText(code, fallback) {
 
 // Client → server control messages (optional fields left undefined are dropped by JSON.stringify).
 export const clientMessage = {
-  start: (sampleRate, voice, speed) => ({ type: "start", sample_rate: sampleRate, voice: voice || undefined, speed }),
+  start: (sampleRate, voice, speed, resumeToken) => ({
+    type: "start",
+    sample_rate: sampleRate,
+    voice: voice || undefined,
+    speed,
+    resume_token: resumeToken || undefined,
+  }),
   text: (text) => ({ type: "text", text }),
   interrupt: () => ({ type: "interrupt" }),
   reset: () => ({ type: "reset" }),

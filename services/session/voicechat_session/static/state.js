@@ -45,6 +45,9 @@ export function createState() {
     lastError: null, // {code, message, text, connection}
     errors: [],
     reconnects: 0,
+    resumeSent: 0, // `start` messages that carried a resume token
+    resumeOutcomes: [], // per `resumed`: "ok" or its error code
+    restoredMessages: [], // the conversation of the last successful resume
     reconnectInSeconds: null,
     messageCounts: {},
     socketUrl: null, // where the page connects (always its own server)

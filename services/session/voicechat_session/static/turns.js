@@ -94,4 +94,11 @@ export class TurnTracker {
     this.busyTurn = null;
     this.audioTurn = null;
   }
+
+  // A new connection: the server numbers its turns from 1 again.
+  newSession() {
+    this.interrupted.clear();
+    this.lastTurnId = -1;
+    this.endAll();
+  }
 }
