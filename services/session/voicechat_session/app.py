@@ -47,10 +47,10 @@ log = logging.getLogger(__name__)
 STATIC_DIR = Path(str(resources.files("voicechat_session") / "static"))
 
 
-def create_app(settings: SessionSettings) -> FastAPI:
+def create_app(settings: SessionSettings, verifier: TokenVerifier | None = None) -> FastAPI:
     pod = Pod(settings)
     registry = SessionRegistry(pod)
-    gate = Gate(settings, TokenVerifier(settings), ClientLimits(settings))
+    gate = Gate(settings, verifier or TokenVerifier(settings), ClientLimits(settings))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

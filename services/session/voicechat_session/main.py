@@ -15,7 +15,7 @@ from pydantic_settings import CliApp, SettingsError
 
 from voicechat_common.logging import configure_logging
 from voicechat_session.app import create_app
-from voicechat_session.auth import AuthConfigError, startup_refusal
+from voicechat_session.auth import AuthConfigError, TokenVerifier, startup_refusal
 from voicechat_session.handshake import guarded_protocol
 from voicechat_session.registry import SessionRegistry
 from voicechat_session.settings import SessionSettings
@@ -84,13 +84,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_level, settings.log_format)
     try:
-        app = create_app(settings)
+        # Authentication is decided before anything else starts (or logs): a refusal is the only line.
+        verifier = TokenVerifier(settings)
+        refusal = startup_refusal(settings, verifier)
+        if refusal is not None:
+            sys.stderr.write(f"voicechat-session: {refusal}\n")
+            return 2
+        app = create_app(settings, verifier)
     except (OSError, AuthConfigError) as exc:  # e.g. an unreadable system_prompt_file or auth key
         sys.stderr.write(f"voicechat-session: invalid configuration: {_one_line(exc)}\n")
-        return 2
-    refusal = startup_refusal(settings, app.state.gate.verifier)
-    if refusal is not None:
-        sys.stderr.write(f"voicechat-session: {refusal}\n")
         return 2
     server = DrainingServer(uvicorn_config(app, settings), app.state.registry)
     try:
