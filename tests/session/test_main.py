@@ -16,7 +16,11 @@ import pytest
         ([], {"VOICECHAT_SESSION_SHARING": "everyone"}, "sharing: Input should be 'pod' or 'connection'"),
         (["--max-sessions", "many"], {}, "max_sessions"),
         # On loopback: a public address without a token key is refused first (test_security).
-        (["--system-prompt-file", "/nonexistent/prompt.txt", "--host", "127.0.0.1"], {}, "/nonexistent/prompt.txt"),
+        (
+            ["--system-prompt-file", "/nonexistent/prompt.txt", "--host", "127.0.0.1"],
+            {},
+            "/nonexistent/prompt.txt",
+        ),
     ],
 )
 def test_bad_configuration_exits_with_one_line(args: list[str], env: dict[str, str], expected: str) -> None:
