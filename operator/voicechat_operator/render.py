@@ -43,6 +43,8 @@ PRESTOP_SECONDS = 5
 RESUME_MOUNT = "/var/run/voicechat/resume"
 RESUME_SECRET_SUFFIX = "-session-resume"
 GENERATED_RESUME_KEY = "key"
+AUTH_SECRET_SUFFIX = "-session-auth"
+GENERATED_AUTH_KEY = "key"
 STARTUP_PERIOD_SECONDS = 10
 
 
@@ -339,7 +341,33 @@ def generated_secrets(owner: Owner, spec: VoiceChatSpec) -> list[GeneratedSecret
     if spec.session.resume_key_secret is None:
         # Never rotated by the operator: a new key would orphan every live conversation's resume token.
         wanted.append(GeneratedSecret(resume_secret_name(owner, spec), (GENERATED_RESUME_KEY,), SESSION))
+    auth = spec.session.auth
+    if not auth.allow_unauthenticated and auth.key_secret is None:
+        # Never rotated by the operator: the app's backend mints tokens with this same key.
+        name, key = f"{owner.name}{AUTH_SECRET_SUFFIX}", GENERATED_AUTH_KEY
+        wanted.append(GeneratedSecret(name, (key,), SESSION))
     return wanted
+
+
+def session_auth_key_ref(owner: Owner, spec: VoiceChatSpec) -> tuple[str, str] | None:
+    """(Secret name, key) of the access-token key, or None when the spec allows unauthenticated sessions."""
+    auth = spec.session.auth
+    if auth.allow_unauthenticated:
+        return None
+    if auth.key_secret is not None:
+        return auth.key_secret.name, auth.key_secret.key
+    return f"{owner.name}{AUTH_SECRET_SUFFIX}", GENERATED_AUTH_KEY
+
+
+def _session_auth_env(owner: Owner, spec: VoiceChatSpec) -> list[Obj]:
+    # Session pods bind 0.0.0.0: the service refuses to start there without a key or the explicit opt-out.
+    ref = session_auth_key_ref(owner, spec)
+    if ref is None:
+        return [{"name": env_name(SessionSettings, "allow_unauthenticated"), "value": "true"}]
+    name, key = ref
+    # Required (not optional): a pod without its key must not start.
+    secret_ref = {"secretKeyRef": {"name": name, "key": key}}
+    return [{"name": env_name(SessionSettings, "auth_key"), "valueFrom": secret_ref}]
 
 
 def _api_key_env(owner: Owner, spec: VoiceChatSpec, variable: str) -> Obj:
@@ -448,6 +476,7 @@ def render_session_deployment(owner: Owner, spec: VoiceChatSpec) -> Obj:
         "env": [
             {"name": "HOME", "value": CACHE_MOUNT},
             _api_key_env(owner, spec, env_name(SessionSettings, "llm_api_key")),
+            *_session_auth_env(owner, spec),
             *_env_from_config(owner, session_settings(owner, spec)),
         ],
         "startupProbe": _http_probe("/livez", "http", 5, 60),

@@ -139,6 +139,18 @@ class ResumeKeySecret(_Model):
     previous_key: str = Field("previous-key", min_length=1)
 
 
+class AuthKeySecret(SecretKey):
+    key: str = Field("key", min_length=1)
+
+
+class SessionAuth(_Model):
+    """Access tokens: the HS256 key that session pods verify (and the app's backend mints with)."""
+
+    key_secret: AuthKeySecret | None = None
+    # For demos behind another gate only: sessions then open without a token.
+    allow_unauthenticated: bool = False
+
+
 class SessionSpec(_Model):
     image: str | None = Field(None, min_length=1)
     image_pull_policy: PullPolicy = "IfNotPresent"
@@ -155,6 +167,7 @@ class SessionSpec(_Model):
     tolerations: list[dict[str, Any]] = Field(default_factory=list)
     drain_seconds: int = Field(20, ge=0, le=3600)
     resume_key_secret: ResumeKeySecret | None = None
+    auth: SessionAuth = Field(default_factory=SessionAuth)
 
 
 class ServiceSpec(_Model):

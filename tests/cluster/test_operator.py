@@ -228,6 +228,7 @@ def test_the_engine_api_key_is_generated_once_and_reaches_both_pods(
         pod = kube.must_get(kinds.DEPLOYMENT.path(NS, name))["spec"]["template"]["spec"]
         (env,) = [e for e in pod["containers"][0]["env"] if e["name"] == variable]
         assert env["valueFrom"]["secretKeyRef"] == {"name": "demo-llm-api-key", "key": "api-key"}
+    auth_before = child(kube, kinds.SECRET, "demo-session-auth")
     # Two more reconciles of the spec: the key is neither rotated nor rewritten.
     for replicas in (13, 12):
         kube.merge_patch(kinds.VOICECHAT.path(NS, NAME), {"spec": {"session": {"maxReplicas": replicas}}})
@@ -239,6 +240,12 @@ def test_the_engine_api_key_is_generated_once_and_reaches_both_pods(
     assert after is not None
     assert after["data"] == secret["data"]
     assert after["metadata"]["resourceVersion"] == secret["metadata"]["resourceVersion"]
+    # The access-token key (the app's backend mints with it) is generated once the same way.
+    auth_after = child(kube, kinds.SECRET, "demo-session-auth")
+    assert auth_before is not None
+    assert auth_after is not None
+    assert len(base64.b64decode(auth_after["data"]["key"])) >= 32
+    assert auth_after["metadata"]["resourceVersion"] == auth_before["metadata"]["resourceVersion"]
     wait_ready(kube, within=90)
 
 
