@@ -17,7 +17,6 @@ import contextlib
 import logging
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -41,6 +40,13 @@ from voicechat_session.listen import (
     StillSpeaking,
     Utterance,
 )
+from voicechat_session.outbox import AudioOut as _AudioOut
+from voicechat_session.outbox import BoundedQueue, Outgoing
+from voicechat_session.outbox import Close as _Close
+from voicechat_session.outbox import History as _History
+from voicechat_session.outbox import ResumeToken as _ResumeToken
+from voicechat_session.outbox import Text as _Text
+from voicechat_session.outbox import TurnEnd as _TurnEnd
 from voicechat_session.pool import Priority
 from voicechat_session.protocol import (
     AssistantMessage,
@@ -60,7 +66,6 @@ from voicechat_session.protocol import (
     InterruptReason,
     ReadyMessage,
     ResetMessage,
-    ResumedMessage,
     ResumeTokenMessage,
     StartedMessage,
     StartMessage,
@@ -70,11 +75,11 @@ from voicechat_session.protocol import (
     client_message_adapter,
     describe_validation_error,
 )
-from voicechat_session.reply import HeldOutbox, TurnRunner, Voice
-from voicechat_session.resume import ResumeError, ResumeTurn, attempt
+from voicechat_session.reply import TurnRunner, Voice
+from voicechat_session.resumption import restore, seal
 from voicechat_session.security import abort_transport
 from voicechat_session.serving import Pod
-from voicechat_session.speculation import Speculation
+from voicechat_session.speculation import Speculator
 from voicechat_session.speculation import count as count_speculation
 from voicechat_session.turn import Turn, TurnSource, TurnState
 
@@ -82,47 +87,6 @@ log = logging.getLogger(__name__)
 
 ERROR_REPEAT_S = 1.0
 """The same rate-limit error is sent at most this often (a flood must not become a flood of errors)."""
-
-
-@dataclass(frozen=True)
-class _AudioOut:
-    turn: Turn
-    clause: int
-    data: bytes
-
-
-@dataclass(frozen=True)
-class _TurnEnd:
-    turn: Turn
-
-
-@dataclass(frozen=True)
-class _Close:
-    code: int
-    reason: str
-
-
-@dataclass(frozen=True)
-class _Text:
-    """A server message, serialized when queued (so its size counts against ``max_output_bytes``)."""
-
-    json: str
-
-
-@dataclass(frozen=True)
-class _History:
-    """Send the history as it is when the sender gets here (repeated requests coalesce into one)."""
-
-
-@dataclass(frozen=True)
-class _ResumeToken:
-    """Seal the conversation when the sender gets here: after every reply queued before is in the history."""
-
-
-_INSTRUCTION_BYTES = 64
-
-_Outgoing = BaseModel | _AudioOut | _TurnEnd | _Close | _Text | _History | _ResumeToken
-"""A server message, or an instruction to the sender loop."""
 
 
 class Connection:
@@ -150,10 +114,8 @@ class Connection:
         self.turn: Turn | None = None
         self._runner: TurnRunner | None = None
         self._turn_seq = 0
-        self._speculation: Speculation | None = None
-        self._speculation_missed = False  # a speculation of the current utterance was discarded
-        self._outbox: asyncio.Queue[_Outgoing] = asyncio.Queue()
-        self._queued_bytes = 0  # bytes of audio and messages in _outbox: bounded by max_output_bytes
+        self._speculator = Speculator(self.session_id)
+        self._outbox = BoundedQueue(self.settings.max_output_bytes)
         self._history_queued = False
         self._tasks: list[asyncio.Task[None]] = []
         self.aborted: str | None = None
@@ -258,7 +220,7 @@ class Connection:
         self._closing = True
         if error is not None:
             self._error(error, message or reason, fatal=True)
-        self._outbox.put_nowait(_Close(code, reason[:120]))
+        self._outbox.put_unbounded(_Close(code, reason[:120]))
         # The close waits behind queued output; a client that does not read must not hold it off forever.
         asyncio.get_running_loop().call_later(self.settings.send_timeout_s * 2, self._close_deadline)
 
@@ -276,15 +238,17 @@ class Connection:
         metrics.SESSIONS_ABORTED_TOTAL.labels(reason=reason).inc()
         log.warning(
             "session aborted",
-            extra={"session_id": self.session_id, "reason": reason, "queued_bytes": self._queued_bytes},
+            extra={
+                "session_id": self.session_id,
+                "reason": reason,
+                "queued_bytes": self._outbox.queued_bytes,
+            },
         )
         abort_transport(self.ws.scope)
         for task in self._tasks:
             task.cancel()
         # What was queued is dropped at once (the memory is the point).
-        while not self._outbox.empty():
-            self._outbox.get_nowait()
-        self._queued_bytes = 0
+        self._outbox.clear()
 
     async def drain(self, grace_s: float) -> None:
         """SIGTERM: no new turns; the turn in progress may finish within ``grace_s``; the client gets its
@@ -337,7 +301,7 @@ class Connection:
             await asyncio.sleep(max(0.05, min(1.0, idle_left if not busy else 1.0, age_left)))
 
     # ---------------------------------------------------------------------------------- output (Outbox)
-    def send(self, message: _Outgoing) -> None:
+    def send(self, message: Outgoing) -> None:
         self._enqueue(_Text(message.model_dump_json()) if isinstance(message, BaseModel) else message)
 
     def send_audio(self, turn: Turn, clause: int, data: bytes) -> None:
@@ -346,27 +310,11 @@ class Connection:
     def end_turn(self, turn: Turn) -> None:
         self._enqueue(_TurnEnd(turn))
 
-    def _enqueue(self, item: _Outgoing) -> None:
+    def _enqueue(self, item: Outgoing) -> None:
         if self.aborted is not None:
             return
-        size = self._size(item)
-        if self._queued_bytes + size > self.settings.max_output_bytes:
+        if not self._outbox.put(item):
             self._abort("output_overflow")
-            return
-        self._queued_bytes += size
-        self._outbox.put_nowait(item)
-
-    @staticmethod
-    def _size(item: _Outgoing) -> int:
-        if isinstance(item, _Text):
-            return len(item.json)
-        if isinstance(item, _AudioOut):
-            return len(item.data)
-        if isinstance(item, _Close):
-            return 0  # queued directly by close(), outside the bound
-        # Instructions (turn end, history, resume token) count too: a client that never reads cannot make
-        # the server queue them without limit.
-        return _INSTRUCTION_BYTES
 
     def error(self, code: ErrorCode, message: str) -> None:
         self._error(code, message)
@@ -400,7 +348,6 @@ class Connection:
         try:
             while True:
                 item = await self._outbox.get()
-                self._queued_bytes -= self._size(item)
                 async with asyncio.timeout(self.settings.send_timeout_s):
                     if isinstance(item, _AudioOut):
                         await self._send_audio(item)
@@ -470,66 +417,24 @@ class Connection:
 
     # -------------------------------------------------------------------------------------------- resume
     def _seal(self) -> ResumeTokenMessage:
-        """The conversation as it stands (history, voice, speed), sealed for the client to keep."""
-        history = [
-            ResumeTurn(role=m.role, content=m.content) for m in self.history.turns if m.role != "system"
-        ]
-        codec = self.pod.resume
-        token = codec.seal(
-            session_id=self.conversation_id, voice=self.voice.name, speed=self.voice.speed, history=history
-        )
-        metrics.RESUME_TOKENS_ISSUED_TOTAL.inc()
-        return ResumeTokenMessage(token=token, expires_in_s=codec.ttl_s)
+        return seal(self.pod.resume, self.conversation_id, self.voice.name, self.voice.speed, self.history)
 
     def _resume(self, token: str) -> None:
-        """Continue the conversation in ``token``, or say why not and go on fresh (never fatal)."""
-        if self._turn_seq or self.history.turns:
-            # Restoring now would put the old conversation after this one's turns.
-            self.send(
-                ResumedMessage(
-                    resumed=False,
-                    session_id=self.conversation_id,
-                    error="invalid",
-                    message="a conversation can only be resumed before this session's first turn",
-                )
-            )
-            return
-        outcome = attempt(self.pod.resume, token)
-        if isinstance(outcome, ResumeError):
-            self.send(
-                ResumedMessage(
-                    resumed=False,
-                    session_id=self.conversation_id,
-                    error=outcome.failure.value,
-                    message=outcome.detail,
-                )
-            )
-            return
-        state = outcome.state
-        for turn in state.history:
-            self.history.add(turn.role, turn.content)  # this pod's budget applies
-        self.conversation_id = state.session_id
-        if state.voice in self.pod.voices:
-            self.voice.name = state.voice
-        self.voice.speed = state.speed
-        entries = [HistoryEntry(role=m.role, content=m.content) for m in self.history.turns]
-        self.send(
-            ResumedMessage(
-                resumed=True,
-                session_id=self.conversation_id,
-                messages=entries,
-                age_s=round(outcome.age_s, 1),
-            )
+        restored = restore(
+            self.pod.resume,
+            token,
+            history=self.history,
+            conversation_id=self.conversation_id,
+            voices=self.pod.voices,
+            started=bool(self._turn_seq),
+            session_id=self.session_id,
         )
-        log.info(
-            "session resumed",
-            extra={
-                "session_id": self.session_id,
-                "conversation_id": self.conversation_id,
-                "messages": len(entries),
-                "token_age_s": round(outcome.age_s, 1),
-            },
-        )
+        self.conversation_id = restored.conversation_id
+        if restored.voice is not None:
+            self.voice.name = restored.voice
+        if restored.speed is not None:
+            self.voice.speed = restored.speed
+        self.send(restored.message)
 
     # --------------------------------------------------------------------------------------------- input
     async def _receive_loop(self) -> None:
@@ -648,7 +553,7 @@ class Connection:
             self._speculate(event)
         elif isinstance(event, Resumed):
             if self._drop_speculation("discarded"):
-                self._speculation_missed = True
+                self._speculator.missed = True
         elif isinstance(event, Utterance):
             self.send(VadMessage(speaking=False))
             if self._commit_speculation(event):
@@ -661,9 +566,9 @@ class Connection:
                 )
             else:
                 self._start_turn("voice", audio=event.audio, user_end=event.user_end, decided=event.decided)
-                if self.turn is not None and self._speculation_missed:
+                if self.turn is not None and self._speculator.missed:
                     self.turn.speculation = "miss"
-                self._speculation_missed = False
+                self._speculator.missed = False
             if self._drain_utterance is not None:
                 self._drain_utterance.set()
         elif isinstance(event, Partial):
@@ -733,9 +638,10 @@ class Connection:
     def _speculate(self, event: Paused) -> None:
         """A pause: start the reply now, held, if it would be this utterance's turn (see :mod:`.speculation`)."""
         previous = self.turn
+        runner = self._runner
         if (
-            self._speculation is not None
-            or self._runner is None
+            self._speculator.current is not None
+            or runner is None
             or self.draining
             or self._closing
             or (previous is not None and previous.active)  # barge-in or more words: the normal path decides
@@ -751,28 +657,17 @@ class Connection:
             audio=event.audio,
             started_at=event.at,
         )
-        outbox = HeldOutbox(self)
-        turn.task = asyncio.create_task(self._runner.run(turn, previous, outbox), name=f"turn-{turn.id}-spec")
-        self._speculation = Speculation(turn, outbox)
+        self._speculator.start(turn, self, lambda outbox: runner.run(turn, previous, outbox))
 
     def _commit_speculation(self, event: Utterance) -> bool:
         """The end of turn on the paused audio: the speculative turn becomes the turn (True), else dropped."""
-        speculation, self._speculation = self._speculation, None
+        speculation = self._speculator.take(event.after_pause)
         if speculation is None:
-            return False
-        if not event.after_pause:
-            speculation.discard("discarded")
-            self._speculation_missed = True
             return False
         self._turn_seq = speculation.turn.id
         self.turn = speculation.commit(event.decided)
-        self._speculation_missed = False
+        self._speculator.missed = False
         return True
 
     def _drop_speculation(self, outcome: Literal["discarded", "aborted"]) -> bool:
-        speculation, self._speculation = self._speculation, None
-        if speculation is None:
-            return False
-        speculation.discard(outcome)
-        log.debug("speculation dropped", extra={"session_id": self.session_id, "outcome": outcome})
-        return True
+        return self._speculator.drop(outcome)

@@ -11,12 +11,14 @@ the history never saw it. One per connection; none while the pod is saturated.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from voicechat_session import metrics
-from voicechat_session.reply import HeldOutbox
+from voicechat_session.reply import HeldOutbox, Outbox
 from voicechat_session.turn import Turn
 
 log = logging.getLogger(__name__)
@@ -49,3 +51,39 @@ class Speculation:
 
 def count(outcome: Outcome) -> None:
     metrics.SPECULATIONS_TOTAL.labels(outcome=outcome).inc()
+
+
+class Speculator:
+    """A connection's speculation, if any, and whether one of the current utterance was discarded."""
+
+    def __init__(self, session_id: str) -> None:
+        self.session_id = session_id
+        self.current: Speculation | None = None
+        self.missed = False  # a speculation of the current utterance was discarded
+
+    def start(
+        self, turn: Turn, target: Outbox, run: Callable[[HeldOutbox], Coroutine[Any, Any, None]]
+    ) -> None:
+        """Run ``turn`` now, its output held (``run`` runs it into the outbox it is given)."""
+        outbox = HeldOutbox(target)
+        turn.task = asyncio.create_task(run(outbox), name=f"turn-{turn.id}-spec")
+        self.current = Speculation(turn, outbox)
+
+    def take(self, after_pause: bool) -> Speculation | None:
+        """An end of turn: the speculation to commit if it was on this audio (paused), else it is dropped."""
+        speculation, self.current = self.current, None
+        if speculation is None:
+            return None
+        if not after_pause:
+            speculation.discard("discarded")
+            self.missed = True
+            return None
+        return speculation
+
+    def drop(self, outcome: Literal["discarded", "aborted"]) -> bool:
+        speculation, self.current = self.current, None
+        if speculation is None:
+            return False
+        speculation.discard(outcome)
+        log.debug("speculation dropped", extra={"session_id": self.session_id, "outcome": outcome})
+        return True
