@@ -30,7 +30,18 @@ class SessionSettings(BaseSettings):
     host: str = Field("0.0.0.0", description="Bind address.")
     port: int = Field(PORT, ge=1, le=65535, description="HTTP + WebSocket port.")
 
-    # LLM (any OpenAI-compatible /v1/chat/completions)
+    # LLM: any OpenAI-compatible /v1/chat/completions (`openai`), or Amazon Bedrock ConverseStream (`bedrock`).
+    llm_provider: Literal["openai", "bedrock"] = Field(
+        "openai",
+        description="Chat model API: `openai` (llm_url: the LLM service, vLLM, llama.cpp, Ollama, OpenAI, a "
+        "gateway) or `bedrock` (Bedrock Runtime ConverseStream; llm_model is the model id).",
+    )
+    bedrock_region: str | None = Field(
+        None, description="AWS region of Bedrock (default: the SDK's, e.g. AWS_REGION from the pod identity)."
+    )
+    bedrock_endpoint_url: str | None = Field(
+        None, description="Bedrock Runtime endpoint override (a VPC endpoint, or a local stand-in in tests)."
+    )
     llm_url: str = Field("http://127.0.0.1:8000/v1", description="OpenAI-compatible base URL (…/v1).")
     llm_api_key: SecretStr | None = Field(None, description="Bearer token for the LLM API, if it needs one.")
     llm_model: str | None = Field(
@@ -67,9 +78,13 @@ class SessionSettings(BaseSettings):
         description="Compute threads per STT/TTS call (0 = CPU cores / workers): workers x threads never exceeds "
         "the cores, so a first phrase is not slowed by oversubscription.",
     )
-    stt_backend: Literal["faster-whisper", "fake"] = Field(
-        "faster-whisper", description="STT implementation (`fake`: scripted transcripts, no weights)."
+    stt_backend: Literal["faster-whisper", "remote", "fake"] = Field(
+        "faster-whisper",
+        description="STT implementation (`remote`: an OpenAI-compatible /v1/audio/transcriptions server; "
+        "`fake`: scripted transcripts, no weights).",
     )
+    stt_url: str | None = Field(None, description="remote STT: base URL (…/v1) of the speech server.")
+    stt_api_key: SecretStr | None = Field(None, description="remote STT: bearer token, if it needs one.")
     stt_model: str | None = Field(
         None, description="faster-whisper model directory or name (default: embedded Whisper tiny.en)."
     )
@@ -102,9 +117,14 @@ class SessionSettings(BaseSettings):
         description="No speculative reply starts while more model calls than this wait in the pod's pool "
         "(the pod is saturated: speculation would only delay others' committed turns).",
     )
-    tts_backend: Literal["kokoro-onnx", "kokoro", "fake"] = Field(
-        "kokoro-onnx", description="TTS implementation (`fake`: a tone as long as the text, no weights)."
+    tts_backend: Literal["kokoro-onnx", "kokoro", "remote", "fake"] = Field(
+        "kokoro-onnx",
+        description="TTS implementation (`remote`: an OpenAI-compatible /v1/audio/speech server such as "
+        "Kokoro-FastAPI, Orpheus or Coqui XTTS servers; `fake`: a tone as long as the text, no weights).",
     )
+    tts_url: str | None = Field(None, description="remote TTS: base URL (…/v1) of the speech server.")
+    tts_api_key: SecretStr | None = Field(None, description="remote TTS: bearer token, if it needs one.")
+    tts_model: str | None = Field(None, description="remote TTS: model name to request (e.g. kokoro, tts-1).")
     tts_model_path: Path | None = Field(None, description="Kokoro ONNX model (default: embedded int8 model).")
     tts_voices_path: Path | None = Field(
         None, description="Kokoro voices .npz/.bin (default: embedded voices)."
