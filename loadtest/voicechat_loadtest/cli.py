@@ -62,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--turn-timeout", type=float, default=60.0, help="seconds after speech for the reply")
     run.add_argument("--match-threshold", type=float, default=0.8, help="word overlap counted as a match")
     run.add_argument("--no-preflight", action="store_true", help="skip the GET /readyz check")
+    run.add_argument(
+        "--auth-key-file",
+        type=Path,
+        help="HS256 access-token key of the target (its Secret's key): each user presents its own token",
+    )
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("-o", "--out", type=Path, default=Path("loadtest-results"), help="results directory")
     run.add_argument("--seed", type=int, default=0, help="random seed (think times, utterance choice)")
@@ -138,6 +143,7 @@ def _config(args: argparse.Namespace) -> LoadConfig:
         speed=args.speed,
         speech_dir=args.speech_dir,
         preflight=not args.no_preflight,
+        auth_key_file=args.auth_key_file,
         seed=args.seed,
     )
 

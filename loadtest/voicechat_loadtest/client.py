@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
@@ -19,9 +21,11 @@ from pydantic import BaseModel
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.typing import Subprotocol
 
 from voicechat_loadtest.speech import Speech, frame_bytes
 from voicechat_loadtest.stats import word_overlap
+from voicechat_session.auth import MIN_KEY_BYTES, SUBPROTOCOL, TOKEN_PREFIX, mint_token
 from voicechat_session.protocol import (
     OUTPUT_SAMPLE_RATE,
     AssistantMessage,
@@ -294,6 +298,19 @@ def describe_handshake_error(url: str, err: Exception) -> tuple[str, str]:
     return "handshake_failed", f"{url}: {type(err).__name__}: {err}"
 
 
+def read_auth_key(path: Path) -> bytes:
+    """The HS256 key in ``path`` (a copy of the service's Secret), checked as the service checks it."""
+    try:
+        key = path.read_bytes().strip()
+    except OSError as err:
+        raise BadTargetError(f"cannot read the access-token key {path}: {err.strerror or err}") from err
+    if len(key) < MIN_KEY_BYTES:
+        raise BadTargetError(
+            f"the access-token key in {path} has {len(key)} bytes; the service needs {MIN_KEY_BYTES}+"
+        )
+    return key
+
+
 @dataclass(frozen=True)
 class ClientOptions:
     frame_ms: int = DEFAULT_FRAME_MS
@@ -304,6 +321,29 @@ class ClientOptions:
     match_threshold: float = DEFAULT_MATCH_THRESHOLD
     voice: str | None = None
     speed: float | None = None
+    auth_key: bytes | None = field(default=None, repr=False)
+    """HS256 key of the target's access tokens: each connection presents a fresh token of its own."""
+    token_ttl_s: float = 600.0
+
+    def subprotocols(self, user: int) -> list[Subprotocol] | None:
+        """The WebSocket subprotocols carrying a fresh access token for ``user`` (None without a key).
+
+        Each simulated user is its own subject (``loadtest-N``), as each person of an application is, so the
+        service's per-subject limits apply to the load as they would to real users.
+        """
+        if self.auth_key is None:
+            return None
+        token = mint_token(self.auth_key, f"loadtest-{user}", ttl_s=self.token_ttl_s)
+        return [Subprotocol(SUBPROTOCOL), Subprotocol(TOKEN_PREFIX + token)]
+
+
+AUTH_KEY_FILE_ENV = "VOICECHAT_LOADTEST_AUTH_KEY_FILE"
+
+
+def options_from_environment() -> ClientOptions:
+    """Options of users started by a tool without our CLI (Locust): the token key from the environment."""
+    key_file = os.environ.get(AUTH_KEY_FILE_ENV)
+    return ClientOptions(auth_key=read_auth_key(Path(key_file)) if key_file else None)
 
 
 # ------------------------------------------------------------------------------------ asyncio client
@@ -337,6 +377,7 @@ class VoiceClient:
         try:
             self._ws = await ws_connect(
                 self.url,
+                subprotocols=self.options.subprotocols(self.user),
                 open_timeout=self.options.connect_timeout_s,
                 ping_interval=None,  # like a browser: drops we record are the server's, not keepalive's
                 max_size=MAX_SERVER_FRAME,

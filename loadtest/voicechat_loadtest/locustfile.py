@@ -6,7 +6,8 @@
 Each user connects once (request ``connect``), then speaks one shipped utterance per task; every turn fires
 ``time_to_first_audio`` and ``turn`` requests with the client-measured latencies (milliseconds), so Locust's
 statistics, charts and CSVs show connect latency and time to first audio percentiles. A failed turn fires
-a failure with its error code; a dropped connection reconnects on the next task.
+a failure with its error code; a dropped connection reconnects on the next task. Against a service that
+requires access tokens, set ``VOICECHAT_LOADTEST_AUTH_KEY_FILE`` to a file holding its HS256 key.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 from locust import User, between, task
 from locust.env import Environment
 
-from voicechat_loadtest.client import ClientOptions, ConnectSample, TurnSample
+from voicechat_loadtest.client import ConnectSample, TurnSample, options_from_environment
 from voicechat_loadtest.speech import load_speech
 from voicechat_loadtest.sync_client import SyncVoiceClient
 
@@ -32,7 +33,7 @@ class VoiceChatUser(User):
     """A person talking to the assistant: connect, then speak, listen, think, speak again."""
 
     wait_time = between(1, 3)
-    options = ClientOptions()
+    options = options_from_environment()
     _origin = time.perf_counter()
 
     def __init__(self, environment: Environment) -> None:

@@ -23,6 +23,7 @@ from voicechat_loadtest.client import (
     TurnSample,
     VoiceClient,
     http_base,
+    read_auth_key,
     ws_url,
 )
 from voicechat_loadtest.report import LoadReport, build_report
@@ -58,6 +59,9 @@ class LoadConfig(BaseModel):
         None, description="Directory with manifest.json + WAVs (default: shipped)."
     )
     preflight: bool = Field(True, description="Check GET /readyz before starting.")
+    auth_key_file: Path | None = Field(
+        None, description="HS256 key of the service's access tokens: every user presents its own token."
+    )
     seed: int = 0
 
     @model_validator(mode="after")
@@ -77,6 +81,7 @@ class LoadConfig(BaseModel):
             match_threshold=self.match_threshold,
             voice=self.voice,
             speed=self.speed,
+            auth_key=None if self.auth_key_file is None else read_auth_key(self.auth_key_file),
         )
 
 
@@ -140,9 +145,9 @@ async def run_load(
 ) -> LoadReport:
     """Run the load test described by ``config``. Raises :class:`BadTargetError` when nothing could connect."""
     speeches = speeches or load_speech(config.speech_dir)
+    options = config.client_options()  # reads the token key: a bad one fails before anything connects
     if config.preflight:
         await preflight(config.url)
-    options = config.client_options()
     slots = asyncio.Semaphore(config.concurrency or config.users)
     origin = time.perf_counter()
     started_at = datetime.now(UTC).isoformat(timespec="seconds")

@@ -64,6 +64,7 @@ class SyncVoiceClient:
         try:
             self._ws = ws_connect(
                 self.url,
+                subprotocols=self.options.subprotocols(self.user),
                 open_timeout=self.options.connect_timeout_s,
                 ping_interval=None,
                 max_size=MAX_SERVER_FRAME,
