@@ -17,6 +17,7 @@ from voicechat_llm.settings import ENGINE_PORT, GATE_PORT, LLMSettings
 from voicechat_operator import API_VERSION, KIND, OPERATOR_NAME, __version__, kinds
 from voicechat_operator.env import env_name
 from voicechat_operator.spec import VoiceChatSpec
+from voicechat_session.settings import METRICS_PORT as SESSION_METRICS_PORT
 from voicechat_session.settings import PORT as SESSION_PORT
 from voicechat_session.settings import SessionSettings
 
@@ -26,6 +27,7 @@ APP_NAME = "voicechat"
 LLM = "llm"
 SESSION = "session"
 CONFIG = "config"
+METRICS = "metrics"  # the session pods' metrics Service (cluster-internal, for ServiceMonitors)
 DEFAULT_IMAGE_REPOSITORY = "ghcr.io/voicechat"
 CONFIG_HASH_ANNOTATION = "voicechat.io/config-hash"
 PROMPT_KEY = "system-prompt.txt"
@@ -76,6 +78,10 @@ def llm_name(owner: Owner) -> str:
 
 def session_name(owner: Owner) -> str:
     return f"{owner.name}-{SESSION}"
+
+
+def metrics_service_name(owner: Owner) -> str:
+    return f"{owner.name}-{METRICS}"
 
 
 def config_name(owner: Owner) -> str:
@@ -178,6 +184,8 @@ def session_settings(owner: Owner, spec: VoiceChatSpec) -> dict[str, str]:
     session, urls = spec.session, endpoints(owner)
     values: dict[str, Any] = {
         "port": SESSION_PORT,
+        # The public Service fronts SESSION_PORT only: metrics stay inside the cluster.
+        "internal_port": SESSION_METRICS_PORT,
         "llm_url": urls["llm"],
         "llm_warmup_url": urls["warmup"],
         "system_prompt_file": PROMPT_PATH,
@@ -472,7 +480,10 @@ def render_session_deployment(owner: Owner, spec: VoiceChatSpec) -> Obj:
         "image": _image(session.image, SESSION),
         "imagePullPolicy": session.image_pull_policy,
         "command": ["voicechat-session"],
-        "ports": [{"name": "http", "containerPort": SESSION_PORT, "protocol": "TCP"}],
+        "ports": [
+            {"name": "http", "containerPort": SESSION_PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": SESSION_METRICS_PORT, "protocol": "TCP"},
+        ],
         "env": [
             {"name": "HOME", "value": CACHE_MOUNT},
             _api_key_env(owner, spec, env_name(SessionSettings, "llm_api_key")),
@@ -517,6 +528,25 @@ def render_session_service(owner: Owner, spec: VoiceChatSpec) -> Obj:
             "type": service.type,
             "selector": selector_labels(owner, SESSION),
             "ports": [{"name": "http", "port": service.port, "targetPort": "http", "protocol": "TCP"}],
+        },
+    )
+
+
+def render_metrics_service(owner: Owner, spec: VoiceChatSpec) -> Obj:
+    """ClusterIP Service of the session pods' metrics port, for ServiceMonitors.
+
+    The session Service may be a load balancer facing the internet; every port it has is public, so the
+    metrics port gets a Service of its own that never leaves the cluster.
+    """
+    return _object(
+        kinds.SERVICE,
+        _meta(owner, metrics_service_name(owner), METRICS),
+        spec={
+            "type": "ClusterIP",
+            "selector": selector_labels(owner, SESSION),
+            "ports": [
+                {"name": "metrics", "port": SESSION_METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"}
+            ],
         },
     )
 
@@ -661,7 +691,7 @@ def render_session_network_policy(owner: Owner, spec: VoiceChatSpec) -> Obj:
             "ingress": [
                 # Browsers arrive through the Service (load balancer, ingress controller): any source.
                 {"ports": [{"protocol": "TCP", "port": SESSION_PORT}]},
-                # Prometheus may scrape every port (metrics may move to a port of their own).
+                # Prometheus scrapes the metrics port, which only its namespace reaches.
                 {
                     "from": [
                         {
@@ -669,7 +699,8 @@ def render_session_network_policy(owner: Owner, spec: VoiceChatSpec) -> Obj:
                                 "matchLabels": {"kubernetes.io/metadata.name": spec.monitoring.namespace}
                             }
                         }
-                    ]
+                    ],
+                    "ports": [{"protocol": "TCP", "port": SESSION_METRICS_PORT}],
                 },
             ],
             "egress": egress,
@@ -678,7 +709,7 @@ def render_session_network_policy(owner: Owner, spec: VoiceChatSpec) -> Obj:
 
 
 def render_pod_monitor(owner: Owner, spec: VoiceChatSpec) -> Obj:
-    """Scrapes the session pods (:http/metrics) and the LLM gate (:gate/metrics)."""
+    """Scrapes the session pods (:metrics/metrics) and the LLM gate (:gate/metrics)."""
     interval = spec.monitoring.interval
     return _object(
         kinds.POD_MONITOR,
@@ -691,7 +722,7 @@ def render_pod_monitor(owner: Owner, spec: VoiceChatSpec) -> Obj:
                 ],
             },
             "podMetricsEndpoints": [
-                {"port": "http", "path": "/metrics", "interval": interval},
+                {"port": "metrics", "path": "/metrics", "interval": interval},
                 {"port": "gate", "path": "/metrics", "interval": interval},
             ],
         },
@@ -706,6 +737,7 @@ def render_children(owner: Owner, spec: VoiceChatSpec) -> list[Obj]:
         render_network_policy(owner, spec),
         render_llm_deployment(owner, spec),
         render_session_service(owner, spec),
+        render_metrics_service(owner, spec),
         render_session_network_policy(owner, spec),
         render_session_deployment(owner, spec),
         render_hpa(owner, spec),

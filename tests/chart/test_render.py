@@ -112,8 +112,10 @@ def test_cluster_mode_binds_a_cluster_role() -> None:
 def test_monitoring_renders_monitors_for_session_and_llm(values: str, kind: str) -> None:
     objs = render([CI_VALUES_DIR / values])
     monitors = by_kind(objs, kind)
+    # Named after what they scrape; the session's ServiceMonitor selects its cluster-internal metrics Service.
+    assert {m["metadata"]["name"].rsplit("-", 1)[-1] for m in monitors} == {"session", "llm"}
     components = {m["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] for m in monitors}
-    assert components == {"session", "llm"}
+    assert components == ({"session", "llm"} if kind == "PodMonitor" else {"metrics", "llm"})
     assert all(m["metadata"]["labels"]["release"] == "kube-prometheus-stack" for m in monitors)
     assert not by_kind(render(), kind)
 

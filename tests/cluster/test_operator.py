@@ -33,6 +33,7 @@ CHILDREN = [
     (kinds.NETWORK_POLICY, "demo-llm"),
     (kinds.DEPLOYMENT, "demo-llm"),
     (kinds.SERVICE, "demo-session"),
+    (kinds.SERVICE, "demo-metrics"),
     (kinds.NETWORK_POLICY, "demo-session"),
     (kinds.DEPLOYMENT, "demo-session"),
     (kinds.HPA, "demo-session"),

@@ -33,8 +33,8 @@ from voicechat_operator.render import (
 )
 from voicechat_operator.spec import VoiceChatSpec, parse_spec
 from voicechat_session.metrics import ACTIVE_SESSIONS
+from voicechat_session.settings import METRICS_PORT, SessionSettings
 from voicechat_session.settings import PORT as SESSION_PORT
-from voicechat_session.settings import SessionSettings
 
 K8S_VERSIONS = ["1.29", "1.30", "1.31", "1.32", "1.33"]
 EXAMPLES = Path(__file__).resolve().parents[2] / "operator" / "examples"
@@ -205,12 +205,31 @@ def test_llm_deployment_is_gpu_backed_probed_and_locked_down() -> None:
     assert "tolerations" not in cpu
 
 
+def test_session_metrics_are_on_a_port_the_public_service_does_not_expose() -> None:
+    spec = SPECS["eks-g5"]
+    internal = env_name(SessionSettings, "internal_port")
+    assert render_config_map(OWNER, spec)["data"][internal] == str(METRICS_PORT)
+    assert internal in {e["name"] for e in _env(render_session_deployment(OWNER, spec))}
+    service = render_session_service(OWNER, spec)["spec"]
+    assert [p["targetPort"] for p in service["ports"]] == ["http"]
+    # ServiceMonitors reach it through a Service that never leaves the cluster, whatever the public one is.
+    metrics = _by_kind(render_children(OWNER, spec), "Service", "demo-metrics")["spec"]
+    assert metrics["type"] == "ClusterIP"
+    assert metrics["selector"] == render_session_deployment(OWNER, spec)["spec"]["selector"]["matchLabels"]
+    assert metrics["ports"] == [
+        {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"}
+    ]
+
+
 def test_session_deployment_drains_and_reads_readiness() -> None:
     spec = SPECS["eks-g5"]
     pod = render_session_deployment(OWNER, spec)["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
-    assert container["ports"] == [{"name": "http", "containerPort": SESSION_PORT, "protocol": "TCP"}]
+    assert container["ports"] == [
+        {"name": "http", "containerPort": SESSION_PORT, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+    ]
     assert "preStop" in container["lifecycle"]
     assert pod["terminationGracePeriodSeconds"] > spec.session.drain_seconds
     assert pod["imagePullSecrets"] == [{"name": "ghcr-pull"}]
@@ -277,7 +296,7 @@ def test_pod_monitor_only_when_enabled() -> None:
     assert absent_children(OWNER, SPECS["minimal"]) == [(kinds.POD_MONITOR, "demo")]
     monitor = _by_kind(render_children(OWNER, SPECS["eks-g5"]), "PodMonitor", "demo")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
-    assert {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]} == {"http", "gate"}
+    assert {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]} == {"metrics", "gate"}
     assert absent_children(OWNER, SPECS["eks-g5"]) == []
 
 
@@ -416,6 +435,7 @@ def test_session_network_policy_lets_clients_in_and_only_the_llm_and_dns_out() -
     assert monitoring["from"][0]["namespaceSelector"]["matchLabels"] == {
         "kubernetes.io/metadata.name": "monitoring"
     }
+    assert monitoring["ports"] == [{"protocol": "TCP", "port": METRICS_PORT}]
     llm, dns = spec["egress"]
     assert llm["to"] == [{"podSelector": {"matchLabels": {
         "app.kubernetes.io/name": "voicechat", "app.kubernetes.io/instance": "demo", "app.kubernetes.io/component": "llm"

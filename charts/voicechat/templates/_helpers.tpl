@@ -76,11 +76,13 @@ app.kubernetes.io/component: operator
 {{/* Where the operator's children expose /metrics: container and Service port names per component. */}}
 {{- define "voicechat.metricsEndpoints" -}}
 session:
-  podPort: http
-  servicePort: http
+  podPort: metrics
+  servicePort: metrics
+  serviceComponent: metrics
 llm:
   podPort: gate
   servicePort: gate
+  serviceComponent: llm
 {{- end }}
 
 {{/*

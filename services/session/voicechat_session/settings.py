@@ -16,6 +16,8 @@ from voicechat_session.resume_size import budget_plaintext_bytes, max_plaintext_
 
 ENV_PREFIX = "VOICECHAT_SESSION_"
 PORT = 8080
+# /metrics on Kubernetes: a port the session Service does not expose, reachable only by Prometheus.
+METRICS_PORT = 9090
 
 
 class SessionSettings(BaseSettings):
