@@ -35,7 +35,8 @@ import numpy.typing as npt
 
 from voicechat_session.audio import float_to_pcm16, pcm16_to_float, resample
 from voicechat_session.backends.base import STT_SAMPLE_RATE, TTS_SAMPLE_RATE, TextToSpeech
-from voicechat_session.backends.kokoro_onnx_tts import KokoroOnnxOptions, KokoroOnnxTTS
+from voicechat_session.backends.kokoro_onnx_tts import KokoroOnnxTTS
+from voicechat_session.backends.loader import load_tts
 from voicechat_session.settings import SessionSettings
 
 Audio = npt.NDArray[np.float32]
@@ -59,7 +60,10 @@ def kokoro_tts() -> KokoroOnnxTTS:
     settings = SessionSettings(
         model_cache_dir=cache, tts_model_path=None, tts_voices_path=None, tts_device="cpu"
     )
-    return KokoroOnnxTTS(KokoroOnnxOptions.from_settings(settings))
+    # As the service loads it: integer or float convolutions, whichever this machine runs faster.
+    tts = load_tts(settings)
+    assert isinstance(tts, KokoroOnnxTTS)
+    return tts
 
 
 def synthesize_kokoro(text: str, voice: str = DEFAULT_VOICE, speed: float = 1.0) -> tuple[Audio, int]:

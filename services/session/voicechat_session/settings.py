@@ -128,6 +128,12 @@ class SessionSettings(BaseSettings):
     tts_api_key: SecretStr | None = Field(None, description="remote TTS: bearer token, if it needs one.")
     tts_model: str | None = Field(None, description="remote TTS: model name to request (e.g. kokoro, tts-1).")
     tts_model_path: Path | None = Field(None, description="Kokoro ONNX model (default: embedded int8 model).")
+    tts_conv: Literal["auto", "int8", "float"] = Field(
+        "auto",
+        description="kokoro-onnx: run the quantized model's convolutions as integer (`int8`) or float (`float`) "
+        "kernels; `auto` times both at load and keeps the faster (on some CPUs ONNX Runtime's ConvInteger is "
+        "several times slower than a float convolution).",
+    )
     tts_voices_path: Path | None = Field(
         None, description="Kokoro voices .npz/.bin (default: embedded voices)."
     )

@@ -9,7 +9,8 @@ import pytest
 from tests.support.speech import speech_audio
 from voicechat_session.backends.base import Audio
 from voicechat_session.backends.faster_whisper_stt import FasterWhisperSTT, WhisperOptions
-from voicechat_session.backends.kokoro_onnx_tts import KokoroOnnxOptions, KokoroOnnxTTS
+from voicechat_session.backends.kokoro_onnx_tts import KokoroOnnxTTS
+from voicechat_session.backends.loader import load_tts
 from voicechat_session.backends.silero_vad import SileroVad
 from voicechat_session.settings import SessionSettings
 
@@ -28,7 +29,10 @@ def settings() -> SessionSettings:
 
 @pytest.fixture(scope="session")
 def tts(settings: SessionSettings) -> KokoroOnnxTTS:
-    return KokoroOnnxTTS(KokoroOnnxOptions.from_settings(settings))
+    # As the service loads it (tts_conv=auto: the convolution kernels this machine runs faster).
+    tts = load_tts(settings)
+    assert isinstance(tts, KokoroOnnxTTS)
+    return tts
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from voicechat_session.audio import resample
 from voicechat_session.backends.base import STT_SAMPLE_RATE, TTS_SAMPLE_RATE
 from voicechat_session.backends.faster_whisper_stt import FasterWhisperSTT
 from voicechat_session.backends.kokoro_onnx_tts import KokoroOnnxOptions, KokoroOnnxTTS, execution_providers
+from voicechat_session.backends.onnx_float_conv import float_conv_model
 from voicechat_session.settings import SessionSettings
 
 pytestmark = pytest.mark.models
@@ -110,3 +112,19 @@ def test_cuda_needs_the_gpu_build_of_onnxruntime() -> None:
     ]
     with pytest.raises(RuntimeError, match="install onnxruntime-gpu"):
         execution_providers("cuda", ["CPUExecutionProvider"])
+
+
+def test_float_convolutions_speak_as_the_integer_ones(
+    tts: KokoroOnnxTTS, stt: FasterWhisperSTT, settings: SessionSettings
+) -> None:
+    quantized = KokoroOnnxTTS(KokoroOnnxOptions.from_settings(settings))
+    float_path = float_conv_model(quantized.options.model_path, settings.model_cache_dir)
+    assert float_path is not None
+    floats = KokoroOnnxTTS(replace(quantized.options, model_path=float_path))
+    text = "Please tell me a short story about a cat."
+    reference, rewritten = (t.synthesize(text, "jf_alpha", 1.0) for t in (quantized, floats))
+    # The same integer convolutions: the same durations and, within float rounding, the same waveform.
+    assert abs(reference.size - rewritten.size) <= TTS_SAMPLE_RATE // 100
+    n = min(reference.size, rewritten.size)
+    assert float(np.corrcoef(reference[:n], rewritten[:n])[0, 1]) > 0.98
+    assert hear(stt, rewritten) == words(text)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
 import os
+from pathlib import Path
 
 import pytest
 
@@ -16,12 +19,15 @@ from voicechat_session.backends.base import (
     TextToSpeech,
     VadModel,
 )
+from voicechat_session.backends.embedded import KOKORO_MODEL_NAME
 from voicechat_session.backends.faster_whisper_stt import FasterWhisperSTT, WhisperOptions
 from voicechat_session.backends.kokoro_onnx_tts import KokoroOnnxTTS
 from voicechat_session.backends.loader import (
+    CONV_CHOICES_FILE,
     WARMUP_TEXT,
     ModelSet,
     load_models,
+    load_tts,
     threads_per_call,
     warm_up,
     worker_count,
@@ -89,3 +95,29 @@ def test_unknown_default_voice_fails_at_load(settings: SessionSettings) -> None:
     bad = settings.model_copy(update={"tts_voice": "af_nope"})
     with pytest.raises(ValueError, match=r"tts_voice='af_nope' is not available; voices: jf_alpha"):
         load_models(bad)
+
+
+def test_auto_convolutions_are_measured_once_per_machine_and_recorded(
+    settings: SessionSettings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = tmp_path / "models"
+    auto = settings.model_copy(update={"model_cache_dir": cache, "tts_conv": "auto"})
+    with caplog.at_level(logging.INFO, logger="voicechat_session.backends.loader"):
+        first = load_tts(auto)
+        second = load_tts(auto)
+    measured = [r for r in caplog.records if r.getMessage() == "tts convolutions chosen by measurement"]
+    assert len(measured) == 1  # the second load read the recorded choice
+    chosen = measured[0].__dict__["tts_conv"]
+    assert chosen in ("int8", "float")
+    assert isinstance(first, KokoroOnnxTTS)
+    assert isinstance(second, KokoroOnnxTTS)
+    assert first.options.model_path == second.options.model_path
+    assert first.options.model_path.name.endswith(".floatconv.onnx") == (chosen == "float")
+    (entry,) = json.loads((cache / CONV_CHOICES_FILE).read_text()).values()
+    assert entry["choice"] == chosen
+    assert set(entry["phrase_s"]) == {"int8", "float"}
+    assert min(entry["phrase_s"].values()) == entry["phrase_s"][chosen]
+    # Explicit settings are obeyed without measuring.
+    explicit = load_tts(auto.model_copy(update={"tts_conv": "int8"}))
+    assert isinstance(explicit, KokoroOnnxTTS)
+    assert explicit.options.model_path.name == KOKORO_MODEL_NAME

@@ -7,10 +7,13 @@ lazily, so a pod only imports (and needs installed) the ones its settings name.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -70,9 +73,7 @@ def load_tts(settings: SessionSettings) -> TextToSpeech:
 
         tts = FakeTTS(settings.fake_tts_ms_per_char, settings.fake_tts_latency_ms / 1000.0)
     elif settings.tts_backend == "kokoro-onnx":
-        from voicechat_session.backends.kokoro_onnx_tts import KokoroOnnxOptions, KokoroOnnxTTS
-
-        tts = KokoroOnnxTTS(KokoroOnnxOptions.from_settings(settings, threads=threads_per_call(settings)))
+        tts = _load_kokoro_onnx(settings)
     else:
         from voicechat_session.backends.kokoro_torch_tts import KokoroTorchOptions, KokoroTorchTTS
 
@@ -82,6 +83,97 @@ def load_tts(settings: SessionSettings) -> TextToSpeech:
             f"the default voice tts_voice={settings.tts_voice!r} is not available; voices: {', '.join(tts.voices)}"
         )
     return tts
+
+
+CONV_CALIBRATION_TEXT = "The capital of France is Paris."
+CONV_CHOICES_FILE = "tts-conv-choices.json"
+
+
+def _load_kokoro_onnx(settings: SessionSettings) -> TextToSpeech:
+    from voicechat_session.backends.kokoro_onnx_tts import KokoroOnnxOptions, KokoroOnnxTTS
+
+    options = KokoroOnnxOptions.from_settings(settings, threads=threads_per_call(settings))
+    if settings.tts_conv == "int8":
+        return KokoroOnnxTTS(options)
+    from voicechat_session.backends.onnx_float_conv import float_conv_model
+
+    float_path = float_conv_model(options.model_path, settings.model_cache_dir)
+    if float_path is None:  # nothing quantized to replace (e.g. a float model in tts_model_path)
+        return KokoroOnnxTTS(options)
+    float_options = replace(options, model_path=float_path)
+    if settings.tts_conv == "float":
+        return KokoroOnnxTTS(float_options)
+    choices = ConvChoices(settings.model_cache_dir / CONV_CHOICES_FILE)
+    key = ConvChoices.key(options.model_path, options.threads)
+    chosen = choices.get(key)
+    if chosen is not None:
+        return KokoroOnnxTTS(float_options if chosen == "float" else options)
+    candidates = {"int8": KokoroOnnxTTS(options), "float": KokoroOnnxTTS(float_options)}
+    seconds = {name: _phrase_seconds(tts, settings) for name, tts in candidates.items()}
+    chosen = min(seconds, key=lambda name: seconds[name])
+    choices.put(key, chosen, seconds)
+    log.info(
+        "tts convolutions chosen by measurement",
+        extra={"tts_conv": chosen, **{f"{name}_phrase_s": round(s, 3) for name, s in seconds.items()}},
+    )
+    return candidates[chosen]
+
+
+class ConvChoices:
+    """What ``tts_conv=auto`` measured, per model, CPU, ONNX Runtime version and thread count, kept in the
+    model cache: a machine measures once, not at every start (nor per connection with ``sharing=connection``).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @staticmethod
+    def key(model: Path, threads: int) -> str:
+        import onnxruntime
+
+        return f"{model}|{_cpu_model()}|onnxruntime {onnxruntime.__version__}|threads {threads}"
+
+    def _read(self) -> dict[str, dict[str, object]]:
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def get(self, key: str) -> str | None:
+        entry = self._read().get(key)
+        choice = entry.get("choice") if isinstance(entry, dict) else None
+        return choice if choice in ("int8", "float") else None
+
+    def put(self, key: str, choice: str, seconds: dict[str, float]) -> None:
+        data = self._read()
+        data[key] = {"choice": choice, "phrase_s": {k: round(v, 3) for k, v in seconds.items()}}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(data, indent=1))
+            os.replace(tmp, self.path)
+        except OSError as exc:  # a read-only cache only costs a measurement at the next start
+            log.warning("cannot record the tts_conv measurement", extra={"error": str(exc)})
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _phrase_seconds(tts: TextToSpeech, settings: SessionSettings) -> float:
+    """One short phrase after a first call (which allocates buffers and picks kernels)."""
+    tts.synthesize(CONV_CALIBRATION_TEXT, settings.tts_voice, settings.tts_speed)
+    start = time.perf_counter()
+    tts.synthesize(CONV_CALIBRATION_TEXT, settings.tts_voice, settings.tts_speed)
+    return time.perf_counter() - start
 
 
 def load_vad(settings: SessionSettings) -> VadModel:
