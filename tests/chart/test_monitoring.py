@@ -10,7 +10,7 @@ import yaml
 
 from tests.support.chart import CHART_DIR, CI_VALUES_DIR, Obj, by_kind, render
 from voicechat_operator.render import Owner, render_children
-from voicechat_operator.spec import parse_spec
+from voicechat_operator.spec import SessionSpec, parse_spec
 from voicechat_session.metrics import ACTIVE_SESSIONS
 
 pytestmark = pytest.mark.helm
@@ -95,3 +95,28 @@ def test_prometheus_adapter_serves_the_metric_the_operators_hpa_reads() -> None:
     assert rule["name"]["as"] == pods_metric
     assert rule["seriesQuery"].startswith(f"{next(iter(ACTIVE_SESSIONS.describe())).name}{{")
     assert rule["resources"]["overrides"]["pod"] == {"resource": "pod"}
+
+
+def _scaling_of(values: str, *extra: str) -> tuple[dict[str, Any], list[str]]:
+    objs = render([CI_VALUES_DIR / values], extra=extra)
+    (vc,) = by_kind(objs, "VoiceChat")
+    meta = vc["metadata"]
+    owner = Owner(name=meta["name"], namespace=meta["namespace"], uid="00000000-0000-0000-0000-000000000001")
+    (hpa,) = by_kind(render_children(owner, parse_spec(meta["name"], vc["spec"])), "HorizontalPodAutoscaler")
+    return vc["spec"]["session"].get("autoscaling", {}), [m["type"] for m in hpa["spec"]["metrics"]]
+
+
+def test_active_sessions_autoscaling_where_the_cluster_serves_custom_metrics() -> None:
+    served = ("--api-versions", "custom.metrics.k8s.io/v1beta1")
+    scaling, metrics = _scaling_of("instance-values.yaml", *served)
+    per_pod = SessionSpec.model_fields["max_sessions_per_pod"].default
+    assert scaling == {"targetActiveSessionsPerPod": per_pod * 3 // 4}
+    assert metrics == ["Resource", "Pods"]
+    # Without the metric API, CPU only: a Pods metric the HPA cannot read would block every scale-down.
+    scaling, metrics = _scaling_of("instance-values.yaml")
+    assert scaling == {}
+    assert metrics == ["Resource"]
+    # The spec's own choice wins (custom-metrics-values.yaml sets 6 and CPU off); opting out keeps CPU only.
+    assert _scaling_of("custom-metrics-values.yaml", *served)[1] == ["Pods"]
+    off = ("--set", "voiceChat.activeSessionsAutoscaling=false")
+    assert _scaling_of("instance-values.yaml", *served, *off) == ({}, ["Resource"])
