@@ -26,7 +26,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from voicechat_session import metrics
 from voicechat_session.audio import STT_SAMPLE_RATE, Audio
 from voicechat_session.auth import ANONYMOUS, Identity
-from voicechat_session.backends.loader import ModelSet, load_models
+from voicechat_session.backends.loader import ModelSet, close_models, load_models
 from voicechat_session.history import ConversationHistory
 from voicechat_session.limits import SessionRates
 from voicechat_session.listen import (
@@ -191,6 +191,9 @@ class Connection:
         await asyncio.gather(*pending, return_exceptions=True)
         if self.turn is not None and not self.turn.finalized.done():
             self.turn.finalized.set_result(None)
+        if self.settings.sharing == "connection" and self.models is not None:
+            # This connection's own models: a remote backend's HTTP client is closed with them.
+            await close_models(self.models)
         if self.ws.application_state is WebSocketState.CONNECTED and self.aborted is None:
             try:
                 async with asyncio.timeout(self.settings.send_timeout_s):

@@ -215,7 +215,7 @@ class AudioInput:
 
     async def _partial(self, audio: Audio, utterance: int) -> None:
         try:
-            text = await self.pod.run_model(Priority.BACKGROUND, self.models.stt.transcribe, audio)
+            text = await self.pod.transcribe(self.models.stt, audio, Priority.BACKGROUND)
         except Exception:
             log.warning("partial transcription failed", extra={"session_id": self.session_id}, exc_info=True)
             return

@@ -9,6 +9,7 @@ drops it on ``discard()``; cancelling the turn's task closes its LLM stream.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -17,8 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
+
 from voicechat_session import metrics
-from voicechat_session.audio import Audio, pcm16_chunks
+from voicechat_session.audio import Audio, float_to_pcm16, pcm16_chunks
+from voicechat_session.backends.base import SpeechServerError
 from voicechat_session.backends.loader import ModelSet
 from voicechat_session.clauses import ClauseSplitter, speakable
 from voicechat_session.history import ChatMessage, ConversationHistory
@@ -123,7 +127,20 @@ class Voice:
 
 
 class TtsFailed(Exception):
-    pass
+    """Synthesis failed; the text is what the client is told."""
+
+
+@dataclass
+class ClauseAudio:
+    """One clause's audio on its way to the client: pieces as the TTS produces them, then ``None``."""
+
+    index: int
+    pieces: asyncio.Queue[Audio | None] = dataclasses.field(default_factory=asyncio.Queue)
+
+
+def _client_text(what: str, exc: Exception) -> str:
+    # A speech server's failure says which and why (no URL or body); anything else stays in the log.
+    return f"{what}: {exc}" if isinstance(exc, SpeechServerError) else what
 
 
 class TurnRunner:
@@ -159,13 +176,13 @@ class TurnRunner:
             turn.advance(TurnState.REPLYING)
             messages = self._enter_history(turn, text, outbox)
             clauses: asyncio.Queue[str | None] = asyncio.Queue()
-            audio_out: asyncio.Queue[tuple[int, Audio] | None] = asyncio.Queue(maxsize=TTS_LOOKAHEAD_CLAUSES)
+            audio_out: asyncio.Queue[ClauseAudio | None] = asyncio.Queue(maxsize=TTS_LOOKAHEAD_CLAUSES)
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._produce_text(turn, messages, clauses, outbox))
                 group.create_task(self._synthesize(turn, clauses, audio_out))
                 group.create_task(self._pace(turn, audio_out, outbox))
-        except* TtsFailed:
-            outbox.error("tts_failed", "speech synthesis failed")
+        except* TtsFailed as failed:
+            outbox.error("tts_failed", str(failed.exceptions[0]))
         except* Exception:
             log.exception("turn failed", extra={"session_id": self.session_id, "turn_id": turn.id})
             outbox.error("internal", "the turn failed unexpectedly")
@@ -200,10 +217,10 @@ class TurnRunner:
             return True
         started = time.perf_counter()
         try:
-            text = await self.pod.run_model(Priority.FIRST_AUDIO, self.models.stt.transcribe, turn.audio)
-        except Exception:
+            text = await self.pod.transcribe(self.models.stt, turn.audio, Priority.FIRST_AUDIO)
+        except Exception as exc:
             log.exception("transcription failed", extra={"session_id": self.session_id})
-            outbox.error("stt_failed", "transcription failed")
+            outbox.error("stt_failed", _client_text("transcription failed", exc))
             turn.advance(TurnState.SKIPPED)
             return False
         turn.audio = None
@@ -258,50 +275,76 @@ class TurnRunner:
         self,
         turn: Turn,
         clauses: asyncio.Queue[str | None],
-        audio_out: asyncio.Queue[tuple[int, Audio] | None],
+        audio_out: asyncio.Queue[ClauseAudio | None],
     ) -> None:
+        """Speak clause after clause; a clause goes to playback with its first piece of audio (a remote TTS
+        streams, so its first sound plays while the server still synthesizes the rest of the clause)."""
         tts = self.models.tts
         while (clause := await clauses.get()) is not None:
             text = speakable(clause)
             if not any(ch.isalnum() for ch in text):
                 continue
             started = time.perf_counter()
+            priority = Priority.FIRST_AUDIO if not turn.clauses else Priority.REPLY
+            current: ClauseAudio | None = None
             try:
-                priority = Priority.FIRST_AUDIO if not turn.clauses else Priority.REPLY
-                samples = await self.pod.run_model(
-                    priority, tts.synthesize, text, self.voice.name, self.voice.speed
-                )
+                # aclosing: a barge-in cancels this task wherever it waits, and the speech stream (a remote
+                # server's HTTP response) is closed right then, not when the garbage collector finds it.
+                async with contextlib.aclosing(
+                    self.pod.speak(tts, text, self.voice.name, self.voice.speed, priority)
+                ) as pieces:
+                    async for samples in pieces:
+                        if samples.size == 0:
+                            continue
+                        if turn.tts_first_s is None:
+                            turn.tts_first_s = time.perf_counter() - started
+                            metrics.TTS_FIRST_CHUNK_SECONDS.observe(turn.tts_first_s)
+                        if current is None:
+                            # The clause's length grows as pieces arrive; an interruption mid-clause
+                            # measures what was heard against what had arrived by then.
+                            current = ClauseAudio(turn.add_clause(text, 0))
+                            await audio_out.put(current)  # waits while TTS_LOOKAHEAD_CLAUSES are queued
+                        turn.clause_samples[current.index] += int(samples.size)
+                        current.pieces.put_nowait(samples)
             except Exception as exc:
                 log.exception("speech synthesis failed", extra={"session_id": self.session_id})
-                raise TtsFailed(str(exc)) from exc
-            if turn.tts_first_s is None:
-                turn.tts_first_s = time.perf_counter() - started
-                metrics.TTS_FIRST_CHUNK_SECONDS.observe(turn.tts_first_s)
-            if samples.size == 0:
-                continue
-            await audio_out.put((turn.add_clause(text, int(samples.size)), samples))
+                raise TtsFailed(_client_text("speech synthesis failed", exc)) from exc
+            finally:
+                if current is not None:
+                    current.pieces.put_nowait(None)
         await audio_out.put(None)
 
-    async def _pace(
-        self, turn: Turn, audio_out: asyncio.Queue[tuple[int, Audio] | None], outbox: Outbox
-    ) -> None:
-        """Queue audio at most ``output_lead_ms`` ahead of real-time playback.
+    async def _pace(self, turn: Turn, audio_out: asyncio.Queue[ClauseAudio | None], outbox: Outbox) -> None:
+        """Queue audio at most ``output_lead_ms`` ahead of real-time playback, in ``output_chunk_ms`` frames.
 
         The client buffers only that much, so an interruption discards little unheard audio, and the text
-        "actually sent" is close to the text actually heard.
+        "actually sent" is close to the text actually heard. A clause's pieces are framed as they come (a
+        frame leaves as soon as it is full), so streamed speech starts playing before its clause is done.
         """
         loop = asyncio.get_running_loop()
         playback_start: float | None = None
         queued_s = 0.0
-        while (item := await audio_out.get()) is not None:
-            index, samples = item
-            for chunk in pcm16_chunks(samples, OUTPUT_SAMPLE_RATE, self.chunk_ms):
-                now = loop.time()
-                if playback_start is None or now - playback_start > queued_s:
-                    # First chunk, or the client ran dry waiting for TTS: playback (re)starts now.
-                    playback_start = now - queued_s
-                ahead = queued_s - (now - playback_start)
-                if ahead > self.lead_s:
-                    await asyncio.sleep(ahead - self.lead_s)
-                outbox.send_audio(turn, index, chunk)
-                queued_s += len(chunk) / 2 / OUTPUT_SAMPLE_RATE
+        step = max(1, OUTPUT_SAMPLE_RATE * self.chunk_ms // 1000)
+
+        async def send(index: int, chunk: bytes) -> None:
+            nonlocal playback_start, queued_s
+            now = loop.time()
+            if playback_start is None or now - playback_start > queued_s:
+                # First chunk, or the client ran dry waiting for TTS: playback (re)starts now.
+                playback_start = now - queued_s
+            ahead = queued_s - (now - playback_start)
+            if ahead > self.lead_s:
+                await asyncio.sleep(ahead - self.lead_s)
+            outbox.send_audio(turn, index, chunk)
+            queued_s += len(chunk) / 2 / OUTPUT_SAMPLE_RATE
+
+        while (clause := await audio_out.get()) is not None:
+            pending = np.zeros(0, dtype=np.float32)
+            while (samples := await clause.pieces.get()) is not None:
+                pending = np.concatenate([pending, samples])
+                whole = pending.size - pending.size % step
+                for chunk in pcm16_chunks(pending[:whole], OUTPUT_SAMPLE_RATE, self.chunk_ms):
+                    await send(clause.index, chunk)
+                pending = pending[whole:]
+            if pending.size:
+                await send(clause.index, float_to_pcm16(pending))

@@ -8,10 +8,11 @@ lives in :class:`voicechat_session.connection.Connection`, one per WebSocket) or
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
@@ -20,13 +21,27 @@ import httpx
 
 from voicechat_llm.report import WarmupReport
 from voicechat_session import metrics
-from voicechat_session.backends.loader import ModelSet, load_models, warm_up, worker_count
+from voicechat_session.audio import Audio
+from voicechat_session.backends.base import AsyncSpeechToText, SpeechServerError, StreamingTextToSpeech
+from voicechat_session.backends.loader import (
+    ModelSet,
+    SttModel,
+    TtsModel,
+    close_models,
+    load_models,
+    load_tts,
+    warm_up_async,
+    worker_count,
+)
 from voicechat_session.llm import LLM_KEEPALIVE_EXPIRY_S, LLMClient
 from voicechat_session.pool import Priority, PriorityPool
 from voicechat_session.resume import ResumeCodec, codec_from_settings
 from voicechat_session.settings import SessionSettings
 
 log = logging.getLogger(__name__)
+
+START_RETRY_S = (0.5, 15.0)
+"""A speech server not answering at start: first retry after 0.5 s, doubling up to every 15 s."""
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -85,22 +100,65 @@ class Pod:
         )
         self.llm = LLMClient(settings, self.http)
         self.not_ready_reason: str | None = "loading models"
+        self._start_retry: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        """Load and warm the shared models (``sharing=pod``), read the LLM's warm-up report."""
+        """Load and warm the shared models (``sharing=pod``), read the LLM's warm-up report.
+
+        A remote speech server that does not answer does not fail the start (a crash loop would only hide
+        the reason): the pod stays not ready, ``/readyz`` says why, and the warm-up is retried in the
+        background until it succeeds.
+        """
         started = time.perf_counter()
         if self.settings.sharing == "pod":
             self.models = await self.run_model(Priority.BACKGROUND, load_models, self.settings)
             metrics.MODEL_LOADS_TOTAL.labels(scope="pod").inc()
-            self.not_ready_reason = "warming up models"
-            self.warmup_seconds = await self.run_model(
-                Priority.BACKGROUND, warm_up, self.models, self.settings
-            )
-            self.voices = list(self.models.tts.voices)
+        if await self._warm():
+            await self._finish_start(started)
         else:
-            # Voices are needed for validation before any connection loads its own models; TTS alone.
-            self.voices = await self.run_model(Priority.BACKGROUND, _voices_of, self.settings)
+            self._start_retry = asyncio.create_task(self._retry_start(started), name="speech server retry")
+
+    async def _warm(self) -> bool:
+        """Warm the pod's models (or list the voices, ``sharing=connection``); False: a speech server failed."""
+        try:
+            if self.models is not None:
+                self.not_ready_reason = "warming up models"
+                self.warmup_seconds = await warm_up_async(self.models, self.settings, self._run_background)
+                self.voices = list(self.models.tts.voices)
+            else:
+                # Voices are needed for validation before any connection loads its own models; TTS alone.
+                self.voices = await self._voices_of_a_new_tts()
+        except SpeechServerError as exc:
+            self.not_ready_reason = f"speech server not ready: {exc}"
+            log.warning("speech server not ready; retrying", extra={"error": str(exc)})
+            return False
+        return True
+
+    async def _retry_start(self, started: float) -> None:
+        delay, longest = START_RETRY_S
+        while True:
+            await asyncio.sleep(delay)
+            if await self._warm():
+                await self._finish_start(started)
+                return
+            delay = min(delay * 2, longest)
+
+    async def _voices_of_a_new_tts(self) -> list[str]:
+        tts = await self.run_model(Priority.BACKGROUND, load_tts, self.settings)
+        if not isinstance(tts, StreamingTextToSpeech):
+            return list(tts.voices)
+        try:
+            voices = await tts.refresh_voices()
+        finally:
+            await tts.close()
+        if self.settings.tts_voice not in voices:
+            raise SpeechServerError(
+                f"the text-to-speech server has no voice tts_voice={self.settings.tts_voice!r}"
+            )
+        return voices
+
+    async def _finish_start(self, started: float) -> None:
         await self.refresh_llm_info()
         self.not_ready_reason = None
         log.info(
@@ -130,6 +188,12 @@ class Pod:
             )
 
     async def close(self) -> None:
+        if self._start_retry is not None:
+            self._start_retry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._start_retry
+        if self.models is not None:
+            await close_models(self.models)
         await self.http.aclose()
         self.pool.shutdown()
         self.vad_executor.shutdown(wait=False, cancel_futures=True)
@@ -149,13 +213,31 @@ class Pod:
         """Run a blocking model call in the bounded pool (see :mod:`voicechat_session.pool`)."""
         return await self.pool.run(priority, fn, *args, **kwargs)
 
+    async def _run_background(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return await self.pool.run(Priority.BACKGROUND, fn, *args, **kwargs)
+
+    # ------------------------------------------------------------------------------------ speech stages
+    async def transcribe(self, stt: SttModel, audio: Audio, priority: Priority) -> str:
+        """One utterance → text: in the bounded pool for an in-process model, on the event loop for a remote
+        one (it waits on the network; holding a pool slot would only starve local calls)."""
+        if isinstance(stt, AsyncSpeechToText):
+            return await stt.transcribe_async(audio)
+        return await self.run_model(priority, stt.transcribe, audio)
+
+    async def speak(
+        self, tts: TtsModel, text: str, voice: str, speed: float, priority: Priority
+    ) -> AsyncGenerator[Audio, None]:
+        """One clause → 24 kHz audio pieces: a remote TTS's as they arrive, an in-process one's whole clause
+        from the pool. Close this iterator (``contextlib.aclosing``) to stop early: a remote response is
+        closed with it."""
+        if isinstance(tts, StreamingTextToSpeech):
+            async with contextlib.aclosing(tts.stream_speech(text, voice, speed)) as pieces:
+                async for piece in pieces:
+                    yield piece
+            return
+        yield await self.run_model(priority, tts.synthesize, text, voice, speed)
+
     async def run_vad(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         return await asyncio.get_running_loop().run_in_executor(
             self.vad_executor, functools.partial(fn, *args, **kwargs)
         )
-
-
-def _voices_of(settings: SessionSettings) -> list[str]:
-    from voicechat_session.backends.loader import load_tts
-
-    return list(load_tts(settings).voices)

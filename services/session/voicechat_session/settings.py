@@ -18,6 +18,10 @@ ENV_PREFIX = "VOICECHAT_SESSION_"
 PORT = 8080
 # /metrics on Kubernetes: a port the session Service does not expose, reachable only by Prometheus.
 METRICS_PORT = 9090
+# Model names an OpenAI-compatible speech server is asked for when stt_model / tts_model are unset (OpenAI's
+# own names; Kokoro-FastAPI and most look-alikes accept them as aliases).
+REMOTE_STT_MODEL = "whisper-1"
+REMOTE_TTS_MODEL = "tts-1"
 
 
 class SessionSettings(BaseSettings):
@@ -88,7 +92,9 @@ class SessionSettings(BaseSettings):
     stt_url: str | None = Field(None, description="remote STT: base URL (…/v1) of the speech server.")
     stt_api_key: SecretStr | None = Field(None, description="remote STT: bearer token, if it needs one.")
     stt_model: str | None = Field(
-        None, description="faster-whisper model directory or name (default: embedded Whisper tiny.en)."
+        None,
+        description="faster-whisper model directory or name (default: embedded Whisper tiny.en); remote STT: "
+        f"the model to request (default {REMOTE_STT_MODEL}).",
     )
     stt_device: str = Field("cpu", description="cpu | cuda | auto.")
     stt_compute_type: str = Field("int8", description="CTranslate2 compute type (int8, float16, …).")
@@ -126,7 +132,15 @@ class SessionSettings(BaseSettings):
     )
     tts_url: str | None = Field(None, description="remote TTS: base URL (…/v1) of the speech server.")
     tts_api_key: SecretStr | None = Field(None, description="remote TTS: bearer token, if it needs one.")
-    tts_model: str | None = Field(None, description="remote TTS: model name to request (e.g. kokoro, tts-1).")
+    tts_model: str | None = Field(
+        None, description=f"remote TTS: model name to request (e.g. kokoro; default {REMOTE_TTS_MODEL})."
+    )
+    speech_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="remote STT/TTS: connect timeout, and longest wait for the next bytes of an answer.",
+    )
     tts_model_path: Path | None = Field(None, description="Kokoro ONNX model (default: embedded int8 model).")
     tts_conv: Literal["auto", "int8", "float"] = Field(
         "auto",
@@ -263,6 +277,28 @@ class SessionSettings(BaseSettings):
         "resume_previous_key.",
     )
     resume_ttl_s: float = Field(1800.0, gt=0, description="Resume tokens older than this are refused.")
+
+    @model_validator(mode="after")
+    def _remote_speech_has_a_server(self) -> SessionSettings:
+        for stage, backend, url in (
+            ("stt", self.stt_backend, self.stt_url),
+            ("tts", self.tts_backend, self.tts_url),
+        ):
+            if backend != "remote":
+                continue
+            if not url:
+                raise ValueError(
+                    f"{stage}_backend=remote needs {stage}_url: the base URL of an OpenAI-compatible speech "
+                    "server, e.g. http://kokoro-fastapi:8880/v1"
+                )
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"{stage}_url must be an http:// or https:// URL, got {url!r}")
+        # The defaults are chosen here, once, so logs and the warm-up show the model actually requested.
+        if self.stt_backend == "remote" and not self.stt_model:
+            self.stt_model = REMOTE_STT_MODEL
+        if self.tts_backend == "remote" and not self.tts_model:
+            self.tts_model = REMOTE_TTS_MODEL
+        return self
 
     @model_validator(mode="after")
     def _resume_token_fits_a_frame(self) -> SessionSettings:

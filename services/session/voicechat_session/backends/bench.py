@@ -49,6 +49,9 @@ def median_s(fn: Callable[[], Any], repeat: int) -> float:
 
 
 def run(settings: SessionSettings, repeat: int) -> dict[str, Any]:
+    if "remote" in (settings.stt_backend, settings.tts_backend):
+        # This measures models on this machine's CPU; a speech server's speed is measured where it runs.
+        raise SystemExit("the backend bench measures in-process models; stt/tts_backend=remote is not one")
     report: dict[str, Any] = {"rss_mib_start": round(rss_mib(), 1), "workers": worker_count(settings)}
     load: dict[str, float] = {}
     rss: dict[str, float] = {}

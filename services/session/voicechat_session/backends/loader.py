@@ -3,17 +3,24 @@
 With ``sharing=pod`` the service calls :func:`load_models` once at start and shares the :class:`ModelSet`
 read-only across connections; with ``sharing=connection`` it calls it per connection. Backends are imported
 lazily, so a pod only imports (and needs installed) the ones its settings name.
+
+Remote backends (``stt_backend=remote``, ``tts_backend=remote``) load nothing: they hold an HTTP client to a
+speech server, and their warm-up (:func:`warm_up_async`) is one real request each. Close a loaded set with
+:func:`close_models`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import platform
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import ParamSpec, Protocol, TypeVar
 
 import numpy as np
 
@@ -21,9 +28,13 @@ from voicechat_session.audio import resample
 from voicechat_session.backends.base import (
     STT_SAMPLE_RATE,
     TTS_SAMPLE_RATE,
+    AsyncSpeechToText,
+    SpeechServerError,
     SpeechToText,
+    StreamingTextToSpeech,
     TextToSpeech,
     VadModel,
+    close_backend,
 )
 from voicechat_session.settings import SessionSettings
 
@@ -31,11 +42,29 @@ log = logging.getLogger(__name__)
 
 WARMUP_TEXT = "Hello, the voice assistant is ready."
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
+SttModel = SpeechToText | AsyncSpeechToText
+"""In-process (blocking, run in the pod's pool) or remote (async)."""
+TtsModel = TextToSpeech | StreamingTextToSpeech
+
+
+class BlockingRunner(Protocol):
+    """Runs a blocking call somewhere that does not block the event loop (the pod's pool)."""
+
+    def __call__(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Awaitable[T]: ...
+
+
+async def run_inline(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+    """A :class:`BlockingRunner` for callers without an event loop of their own to protect (CLIs, tests)."""
+    return fn(*args, **kwargs)
+
 
 @dataclass(frozen=True)
 class ModelSet:
-    stt: SpeechToText
-    tts: TextToSpeech
+    stt: SttModel
+    tts: TtsModel
     vad: VadModel
     load_seconds: dict[str, float] = field(default_factory=dict)
     """Seconds each stage took to load (``stt``, ``tts``, ``vad``)."""
@@ -55,7 +84,11 @@ def threads_per_call(settings: SessionSettings) -> int:
     return settings.model_threads or max(1, (os.cpu_count() or 1) // worker_count(settings))
 
 
-def load_stt(settings: SessionSettings) -> SpeechToText:
+def load_stt(settings: SessionSettings) -> SttModel:
+    if settings.stt_backend == "remote":
+        from voicechat_session.backends.remote import RemoteSpeechOptions, RemoteSTT
+
+        return RemoteSTT(RemoteSpeechOptions.for_stage(settings, "stt"))
     if settings.stt_backend == "fake":
         from voicechat_session.backends.fake import FakeSTT
 
@@ -66,7 +99,12 @@ def load_stt(settings: SessionSettings) -> SpeechToText:
     return FasterWhisperSTT(WhisperOptions.from_settings(settings, num_workers=worker_count(settings)))
 
 
-def load_tts(settings: SessionSettings) -> TextToSpeech:
+def load_tts(settings: SessionSettings) -> TtsModel:
+    """The TTS model; a remote one knows its voices only after :func:`warm_up_async` asked the server."""
+    if settings.tts_backend == "remote":
+        from voicechat_session.backends.remote import RemoteSpeechOptions, RemoteTTS
+
+        return RemoteTTS(RemoteSpeechOptions.for_stage(settings, "tts"), default_voice=settings.tts_voice)
     tts: TextToSpeech
     if settings.tts_backend == "fake":
         from voicechat_session.backends.fake import FakeTTS
@@ -78,11 +116,15 @@ def load_tts(settings: SessionSettings) -> TextToSpeech:
         from voicechat_session.backends.kokoro_torch_tts import KokoroTorchOptions, KokoroTorchTTS
 
         tts = KokoroTorchTTS.load(KokoroTorchOptions.from_settings(settings))
-    if settings.tts_voice not in tts.voices:
-        raise ValueError(
-            f"the default voice tts_voice={settings.tts_voice!r} is not available; voices: {', '.join(tts.voices)}"
-        )
+    _check_default_voice(settings, tts.voices)
     return tts
+
+
+def _check_default_voice(settings: SessionSettings, voices: list[str]) -> None:
+    if settings.tts_voice not in voices:
+        raise ValueError(
+            f"the default voice tts_voice={settings.tts_voice!r} is not available; voices: {', '.join(voices)}"
+        )
 
 
 CONV_CALIBRATION_TEXT = "The capital of France is Paris."
@@ -203,24 +245,54 @@ def load_models(settings: SessionSettings) -> ModelSet:
 
 
 def warm_up(models: ModelSet, settings: SessionSettings) -> dict[str, float]:
+    """:func:`warm_up_async` for in-process models, from code without an event loop (tests, the bench)."""
+    if isinstance(models.stt, AsyncSpeechToText) or isinstance(models.tts, StreamingTextToSpeech):
+        # Their HTTP clients belong to the event loop that uses them; a throwaway loop here would break them.
+        raise TypeError("remote backends are warmed up on the service's event loop: use warm_up_async")
+    return asyncio.run(warm_up_async(models, settings, run_inline))
+
+
+async def warm_up_async(
+    models: ModelSet, settings: SessionSettings, run_blocking: BlockingRunner
+) -> dict[str, float]:
     """One real inference per stage, chained: TTS speaks, VAD hears it, STT transcribes it.
 
     Returns seconds per stage (``tts``, ``vad``, ``stt``). The first call of each runtime allocates its
-    buffers and picks kernels; after this a user's first turn costs what every later one does.
+    buffers and picks kernels; after this a user's first turn costs what every later one does. A remote TTS
+    first lists the server's voices (the default voice must be among them); a remote stage that fails raises
+    :class:`~voicechat_session.backends.base.SpeechServerError`. Blocking calls go through ``run_blocking``.
     """
     seconds: dict[str, float] = {}
+    tts = models.tts
     start = time.perf_counter()
-    speech = models.tts.synthesize(WARMUP_TEXT, settings.tts_voice, settings.tts_speed)
+    if isinstance(tts, StreamingTextToSpeech):
+        voices = await tts.refresh_voices()
+        if settings.tts_voice not in voices:
+            # The server's voices may change (it is being upgraded): not ready and retried, not a crash.
+            raise SpeechServerError(
+                f"the text-to-speech server has no voice tts_voice={settings.tts_voice!r}; "
+                f"voices: {', '.join(voices[:20])}"
+            )
+        pieces = [
+            piece async for piece in tts.stream_speech(WARMUP_TEXT, settings.tts_voice, settings.tts_speed)
+        ]
+        speech = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
+    else:
+        speech = await run_blocking(tts.synthesize, WARMUP_TEXT, settings.tts_voice, settings.tts_speed)
     seconds["tts"] = time.perf_counter() - start
 
     pad = np.zeros(STT_SAMPLE_RATE // 4, dtype=np.float32)
     utterance = np.concatenate([pad, resample(speech, TTS_SAMPLE_RATE, STT_SAMPLE_RATE), pad])
     start = time.perf_counter()
-    probs = models.vad.stream().process(utterance)
+    probs = await run_blocking(models.vad.stream().process, utterance)
     seconds["vad"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    text = models.stt.transcribe(utterance)
+    stt = models.stt
+    if isinstance(stt, AsyncSpeechToText):
+        text = await stt.transcribe_async(utterance)
+    else:
+        text = await run_blocking(stt.transcribe, utterance)
     seconds["stt"] = time.perf_counter() - start
     log.info(
         "models warm",
@@ -232,3 +304,9 @@ def warm_up(models: ModelSet, settings: SessionSettings) -> dict[str, float]:
         },
     )
     return seconds
+
+
+async def close_models(models: ModelSet) -> None:
+    """Release what the stages hold open (remote backends' HTTP clients); weights are just dropped."""
+    for stage in (models.stt, models.tts, models.vad):
+        await close_backend(stage)
