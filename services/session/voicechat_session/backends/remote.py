@@ -357,6 +357,10 @@ class RemoteTTS:
         if tail.size:
             yield tail
 
+    @property
+    def closed(self) -> bool:
+        return self._client.is_closed
+
     async def close(self) -> None:
         await self._client.aclose()
 
@@ -388,6 +392,10 @@ class RemoteSTT:
         if not isinstance(text, str):
             raise SpeechServerError("the speech-to-text server answered without a transcript text")
         return text.strip()
+
+    @property
+    def closed(self) -> bool:
+        return self._client.is_closed
 
     async def close(self) -> None:
         await self._client.aclose()
