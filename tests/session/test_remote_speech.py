@@ -209,3 +209,46 @@ async def test_sharing_per_connection_uses_and_closes_its_own_remote_clients() -
         )
     assert turn.transcript == SCRIPT[0]
     assert turn.audio_seconds > 0
+
+
+@pytest.mark.models
+async def test_spoken_turn_end_to_end_on_real_kokoro_and_whisper_behind_the_api() -> None:
+    """The stand-in serves our real embedded Kokoro and Whisper: real speech in, real speech out, over HTTP."""
+    from tests.support.speech import is_silent, kokoro_tts, speech_audio, words
+    from voicechat_session.audio import resample
+    from voicechat_session.backends.faster_whisper_stt import FasterWhisperSTT
+    from voicechat_session.backends.loader import load_stt
+    from voicechat_session.settings import SessionSettings
+
+    whisper = load_stt(SessionSettings(workers=1))
+    assert isinstance(whisper, FasterWhisperSTT)
+    kokoro = kokoro_tts()
+    kokoro.synthesize(
+        "Warming up.", kokoro.voices[0], 1.0
+    )  # first-call costs before the clock of any request
+    speech = SpeechServer(
+        voices=kokoro.voices,
+        synthesizer=kokoro.synthesize,
+        transcriber=lambda audio, _rate: whisper.transcribe(audio),
+        chunk_bytes=4096,
+    )
+    question = "What is the capital of France?"
+    async with (
+        remote_service(
+            speech, FakeLLM(reply=SHORT_REPLY), vad_backend="silero", speech_timeout_s=60
+        ) as service,
+        VoiceChatClient.connect(service.ws_url) as client,
+    ):
+        await client.start(sample_rate=RATE)
+        await client.stream_audio(speech_audio(question), RATE, trailing_silence_s=1.0)
+        turn = await client.wait_turn(timeout_s=120)
+    assert turn.transcript is not None
+    assert {"capital", "france"} <= set(words(turn.transcript)), turn.transcript
+    assert turn.assistant_final == SHORT_REPLY
+    reply_audio = turn.audio_samples
+    assert turn.audio_seconds > 1.0
+    assert not is_silent(reply_audio, 24_000)
+    # What the client heard is the reply: Whisper hears it in the audio that came back over the socket.
+    heard = whisper.transcribe(resample(reply_audio, 24_000, RATE))
+    assert {"paris", "capital", "france"} <= set(words(heard)), heard
+    assert turn.metrics["tts_first_chunk_ms"] > 0

@@ -103,7 +103,8 @@ class SpeechServer:
                 return _error(422, "input is required")
             if self.voices is not None and voice not in self.voices:
                 return _error(400, f"voice {voice!r} not found")
-            audio = self.synthesizer(text, str(voice), float(body.get("speed", 1.0)))
+            # In a thread: a real model takes seconds, and this server shares its event loop with the test's.
+            audio = await asyncio.to_thread(self.synthesizer, text, str(voice), float(body.get("speed", 1.0)))
             if self.rate != TTS_SAMPLE_RATE:
                 audio = resample(audio, TTS_SAMPLE_RATE, self.rate)
             data = float_to_pcm16(audio)
