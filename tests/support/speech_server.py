@@ -9,7 +9,8 @@
 Synthesis and transcription are the fake backends' by default (a 440 Hz tone as long as the text; the
 scripted transcript the utterance's pitch selects), or any callables (real Kokoro and Whisper for the
 ``models`` test). Failure modes: ``fail_status`` (every request), ``api_key`` (401 without it), delays, and
-``hold`` (a speech stream stops after its first piece until released). Every request is recorded, and every
+``hold`` (a speech stream stops after its first piece until released), ``drop_after_pieces`` (a stream
+breaks off mid-body). Every request is recorded, and every
 speech stream that ended before its last byte (the client closed it) is counted. ::
 
     server = SpeechServer()
@@ -74,6 +75,8 @@ class SpeechServer:
     first_byte_delay_s: float = 0.0
     transcribe_delay_s: float = 0.0
     fail_status: int | None = None
+    drop_after_pieces: int | None = None
+    """Speech streams break off (the connection is dropped) after this many pieces."""
     api_key: str | None = None
     synthesizer: Synthesizer = field(default_factory=lambda: FakeTTS().synthesize)
     transcripts: Sequence[str] = ("hello there",)
@@ -167,6 +170,8 @@ class SpeechServer:
             if self.first_byte_delay_s:
                 await asyncio.sleep(self.first_byte_delay_s)
             for index, start in enumerate(range(0, len(data), self.chunk_bytes)):
+                if index == self.drop_after_pieces:
+                    raise ConnectionResetError("speech stand-in: dropped the connection mid-body")
                 yield data[start : start + self.chunk_bytes]
                 if index == 0:
                     self.first_piece_sent.set()

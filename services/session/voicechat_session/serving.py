@@ -137,12 +137,18 @@ class Pod:
 
     async def _retry_start(self, started: float) -> None:
         delay, longest = START_RETRY_S
-        while True:
-            await asyncio.sleep(delay)
-            if await self._warm():
-                await self._finish_start(started)
-                return
-            delay = min(delay * 2, longest)
+        try:
+            while True:
+                await asyncio.sleep(delay)
+                if await self._warm():
+                    await self._finish_start(started)
+                    return
+                delay = min(delay * 2, longest)
+        except Exception as exc:
+            # Not a speech server being down (that is retried): a bug or bad configuration. Stay not ready
+            # and say so, rather than dying unobserved with a stale reason.
+            log.exception("the session service could not start")
+            self.not_ready_reason = f"start failed: {type(exc).__name__}; see the log"
 
     async def _voices_of_a_new_tts(self) -> list[str]:
         tts = await self.run_model(Priority.BACKGROUND, load_tts, self.settings)

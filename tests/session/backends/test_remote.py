@@ -308,6 +308,24 @@ async def test_unreachable_and_slow_servers() -> None:
             await stt.close()
 
 
+async def test_a_stream_that_breaks_off_mid_body_is_an_error_after_the_audio_that_came() -> None:
+    server = SpeechServer(drop_after_pieces=2, chunk_bytes=1000)
+    async with server.serving() as url:
+        tts = _tts(url)
+        received: list[np.ndarray] = []
+
+        async def consume() -> None:
+            async for piece in tts.stream_speech("A clause long enough for several pieces.", "jf_alpha", 1.0):
+                received.append(piece)
+
+        try:
+            with pytest.raises(SpeechServerError, match="connection to the text-to-speech server failed"):
+                await consume()
+        finally:
+            await tts.close()
+    assert sum(piece.size for piece in received) == 1000  # two pieces of 1000 bytes = 1000 samples
+
+
 async def test_first_audio_arrives_before_the_body_ends_and_closing_stops_the_stream() -> None:
     release = asyncio.Event()
     server = SpeechServer(hold=release)

@@ -97,9 +97,13 @@ def _mapped_errors(stage: Stage, url: str) -> Iterator[None]:
     except httpx.TimeoutException as exc:
         log.warning("speech server timed out", extra={"stage": stage, "url": url, "error": repr(exc)})
         raise SpeechServerError(f"the {what} server did not answer in time") from exc
-    except httpx.HTTPError as exc:
+    except httpx.ConnectError as exc:
         log.warning("speech server unreachable", extra={"stage": stage, "url": url, "error": repr(exc)})
         raise SpeechServerError(f"the {what} server is unreachable") from exc
+    except httpx.HTTPError as exc:
+        # Connected, then the exchange broke (the server dropped the connection mid-answer, a protocol error).
+        log.warning("speech server connection failed", extra={"stage": stage, "url": url, "error": repr(exc)})
+        raise SpeechServerError(f"the connection to the {what} server failed") from exc
 
 
 async def _raise_for_status(stage: Stage, url: str, response: httpx.Response) -> None:
