@@ -42,9 +42,12 @@ def clauses_of(text: str) -> list[str]:
 
 @contextlib.asynccontextmanager
 async def remote_service(
-    speech: SpeechServer, llm: FakeLLM | None = None, **overrides: Any
+    speech: SpeechServer, llm: FakeLLM | None = None, *, startup_timeout_s: float = 30.0, **overrides: Any
 ) -> AsyncIterator[InProcessService]:
-    async with speech.serving() as url, session_app(llm, **remote(url), **overrides) as service:
+    async with (
+        speech.serving() as url,
+        session_app(llm, startup_timeout_s=startup_timeout_s, **remote(url), **overrides) as service,
+    ):
         yield service
 
 
@@ -223,24 +226,29 @@ async def test_spoken_turn_end_to_end_on_real_kokoro_and_whisper_behind_the_api(
     whisper = load_stt(SessionSettings(workers=1))
     assert isinstance(whisper, FasterWhisperSTT)
     kokoro = kokoro_tts()
-    kokoro.synthesize(
-        "Warming up.", kokoro.voices[0], 1.0
-    )  # first-call costs before the clock of any request
+    # First-call costs (kernel choice, buffers) are paid here, not inside the session service's start.
+    kokoro.synthesize("Warming up.", kokoro.voices[0], 1.0)
+    question = "What is the capital of France?"
+    question_audio = speech_audio(question)
+    whisper.transcribe(question_audio)
     speech = SpeechServer(
         voices=kokoro.voices,
         synthesizer=kokoro.synthesize,
         transcriber=lambda audio, _rate: whisper.transcribe(audio),
         chunk_bytes=4096,
     )
-    question = "What is the capital of France?"
     async with (
         remote_service(
-            speech, FakeLLM(reply=SHORT_REPLY), vad_backend="silero", speech_timeout_s=60
+            speech,
+            FakeLLM(reply=SHORT_REPLY),
+            vad_backend="silero",
+            speech_timeout_s=60,
+            startup_timeout_s=180,  # the warm-up runs real Kokoro and Whisper on a shared 2-core machine
         ) as service,
         VoiceChatClient.connect(service.ws_url) as client,
     ):
         await client.start(sample_rate=RATE)
-        await client.stream_audio(speech_audio(question), RATE, trailing_silence_s=1.0)
+        await client.stream_audio(question_audio, RATE, trailing_silence_s=1.0)
         turn = await client.wait_turn(timeout_s=120)
     assert turn.transcript is not None
     assert {"capital", "france"} <= set(words(turn.transcript)), turn.transcript

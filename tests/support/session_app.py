@@ -75,14 +75,21 @@ def metric(name: str, **labels: str) -> float:
 
 @contextlib.asynccontextmanager
 async def session_app(
-    llm: FakeLLM | None = None, *, llm_url: str | None = None, **overrides: Any
+    llm: FakeLLM | None = None,
+    *,
+    llm_url: str | None = None,
+    startup_timeout_s: float = 30.0,
+    **overrides: Any,
 ) -> AsyncIterator[InProcessService]:
-    """The session service on fake backends; ``llm_url`` points it elsewhere than the fake LLM."""
+    """The session service on fake backends; ``llm_url`` points it elsewhere than the fake LLM.
+    ``startup_timeout_s`` bounds the start (model warm-up), for overrides that warm real models."""
     llm = llm or FakeLLM()
     async with contextlib.AsyncExitStack() as stack:
         if llm_url is None:
             llm_url = await stack.enter_async_context(llm.serving())
         settings = SessionSettings(**{**FAKE_BACKENDS, "llm_url": llm_url, **overrides})
         app = create_app(settings)
-        base_url = await stack.enter_async_context(serve_in_process(config=uvicorn_config(app, settings)))
+        base_url = await stack.enter_async_context(
+            serve_in_process(config=uvicorn_config(app, settings), startup_timeout_s=startup_timeout_s)
+        )
         yield InProcessService(app=app, base_url=base_url, llm=llm, settings=settings)
