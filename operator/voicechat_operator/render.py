@@ -11,6 +11,7 @@ import json
 import math
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from voicechat_common.contracts import ACTIVE_SESSIONS_METRIC
 from voicechat_llm.settings import ENGINE_PORT, GATE_PORT, LLMSettings
@@ -193,6 +194,7 @@ def session_settings(owner: Owner, spec: VoiceChatSpec) -> dict[str, str]:
         "stt_device": session.stt.device,
         "stt_compute_type": session.stt.compute_type,
         "stt_language": session.stt.language,
+        "stt_backend": session.stt.engine,
         "tts_backend": session.tts.engine,
         "tts_voice": session.tts.voice,
         "tts_speed": session.tts.speed,
@@ -205,6 +207,12 @@ def session_settings(owner: Owner, spec: VoiceChatSpec) -> dict[str, str]:
     }
     if session.stt.model:
         values["stt_model"] = session.stt.model
+    if session.stt.url:
+        values["stt_url"] = session.stt.url
+    if session.tts.url:
+        values["tts_url"] = session.tts.url
+    if session.tts.model:
+        values["tts_model"] = session.tts.model
     if spec.llm.served_model_name:
         values["llm_model"] = spec.llm.served_model_name
     return {env_name(SessionSettings, key): str(value) for key, value in values.items()}
@@ -378,6 +386,18 @@ def _session_auth_env(owner: Owner, spec: VoiceChatSpec) -> list[Obj]:
     return [{"name": env_name(SessionSettings, "auth_key"), "valueFrom": secret_ref}]
 
 
+def _speech_server_env(spec: VoiceChatSpec) -> list[Obj]:
+    """Remote speech servers' API keys, from the Secrets the spec names (required: no key, no start)."""
+    env = []
+    for stage, speech in (("stt", spec.session.stt), ("tts", spec.session.tts)):
+        if speech.api_key_secret is not None:
+            ref = {"name": speech.api_key_secret.name, "key": speech.api_key_secret.key}
+            env.append(
+                {"name": env_name(SessionSettings, f"{stage}_api_key"), "valueFrom": {"secretKeyRef": ref}}
+            )
+    return env
+
+
 def _api_key_env(owner: Owner, spec: VoiceChatSpec, variable: str) -> Obj:
     # Required (not optional): a pod without the key must not start, rather than run open or fail every call.
     name, key = llm_api_key_ref(owner, spec)
@@ -488,6 +508,7 @@ def render_session_deployment(owner: Owner, spec: VoiceChatSpec) -> Obj:
             {"name": "HOME", "value": CACHE_MOUNT},
             _api_key_env(owner, spec, env_name(SessionSettings, "llm_api_key")),
             *_session_auth_env(owner, spec),
+            *_speech_server_env(spec),
             *_env_from_config(owner, session_settings(owner, spec)),
         ],
         "startupProbe": _http_probe("/livez", "http", 5, 60),
@@ -658,15 +679,26 @@ DNS_POD_LABELS = {"k8s-app": "kube-dns"}
 
 def _stt_model_downloads(spec: VoiceChatSpec) -> bool:
     """A hub model name (not a path in the image or a volume) is fetched from the internet when a pod starts."""
-    model = spec.session.stt.model
-    return model is not None and not model.startswith("/")
+    stt = spec.session.stt
+    return stt.engine == "faster-whisper" and stt.model is not None and not stt.model.startswith("/")
+
+
+def _speech_server_ports(spec: VoiceChatSpec) -> list[int]:
+    """TCP ports of the remote speech servers the session pods call (anywhere: in the cluster or outside)."""
+    ports = set()
+    for speech in (spec.session.stt, spec.session.tts):
+        if speech.engine == "remote" and speech.url is not None:
+            url = urlsplit(speech.url)
+            ports.add(url.port or (443 if url.scheme == "https" else 80))
+    return sorted(ports)
 
 
 def render_session_network_policy(owner: Owner, spec: VoiceChatSpec) -> Obj:
     """Session pods: clients in on the session port, Prometheus in; out only to their LLM and to DNS.
 
     A compromised session pod cannot reach other workloads, the cloud metadata endpoint or the internet
-    (except HTTPS when spec.session.stt.model names a hub model the pod downloads at start).
+    (except HTTPS when spec.session.stt.model names a hub model the pod downloads at start, and the ports of
+    remote speech servers).
     """
     egress: list[Obj] = [
         {
@@ -678,9 +710,16 @@ def render_session_network_policy(owner: Owner, spec: VoiceChatSpec) -> Obj:
             "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
         },
     ]
+    internet_ports = set(_speech_server_ports(spec))
     if _stt_model_downloads(spec):
+        internet_ports.add(443)
+    if internet_ports:
+        # A server's address is not known here (a hostname, maybe behind a load balancer): its port, anywhere.
         egress.append(
-            {"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}], "ports": [{"protocol": "TCP", "port": 443}]}
+            {
+                "to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}],
+                "ports": [{"protocol": "TCP", "port": port} for port in sorted(internet_ports)],
+            }
         )
     return _object(
         kinds.NETWORK_POLICY,

@@ -117,18 +117,29 @@ class Autoscaling(_Model):
     scale_down_stabilization_seconds: int = Field(300, ge=0, le=3600)
 
 
+SPEECH_URL_PATTERN = r"^https?://[^\s/]+(/\S*)?$"
+
+
 class STT(_Model):
+    # `remote`: an OpenAI-compatible /v1/audio/transcriptions server (url, model, apiKeySecret).
+    engine: Literal["faster-whisper", "remote"] = "faster-whisper"
     model: str | None = Field(None, min_length=1)
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     compute_type: str = Field("int8", min_length=1)
     language: str = "en"
+    url: str | None = Field(None, pattern=SPEECH_URL_PATTERN)
+    api_key_secret: ApiKeySecret | None = None
 
 
 class TTS(_Model):
-    engine: Literal["kokoro-onnx", "kokoro"] = "kokoro-onnx"
+    # `remote`: an OpenAI-compatible /v1/audio/speech server such as Kokoro-FastAPI, Orpheus or Coqui XTTS.
+    engine: Literal["kokoro-onnx", "kokoro", "remote"] = "kokoro-onnx"
     voice: str = Field("jf_alpha", min_length=1)
     speed: float = Field(1.0, ge=0.5, le=2.0)
     device: Literal["cpu", "cuda"] = "cpu"
+    model: str | None = Field(None, min_length=1)
+    url: str | None = Field(None, pattern=SPEECH_URL_PATTERN)
+    api_key_secret: ApiKeySecret | None = None
 
 
 class ResumeKeySecret(_Model):
@@ -223,6 +234,19 @@ def _cross_field_problems(name: str, spec: VoiceChatSpec) -> list[str]:
     if forbidden := forbidden_extra_args(llm.extra_args):
         problems.append(
             f"llm.extraArgs may not contain {', '.join(forbidden)} (forbidden: {', '.join(FORBIDDEN_EXTRA_ARGS)})"
+        )
+    for stage, speech in (("stt", session.stt), ("tts", session.tts)):
+        if speech.engine == "remote" and speech.url is None:
+            problems.append(
+                f"session.{stage}.engine remote needs session.{stage}.url (the server's …/v1 base URL)"
+            )
+        if speech.engine != "remote" and (speech.url is not None or speech.api_key_secret is not None):
+            problems.append(
+                f"session.{stage}.url and apiKeySecret are only used with session.{stage}.engine remote"
+            )
+    if session.tts.engine != "remote" and session.tts.model is not None:
+        problems.append(
+            "session.tts.model names a remote server's model: only used with session.tts.engine remote"
         )
     if llm.engine == "vllm" and llm.gpu.count == 0:
         problems.append(

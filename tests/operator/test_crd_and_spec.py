@@ -123,6 +123,7 @@ def test_crd_defaults_are_the_services_defaults(crd: dict[str, Any]) -> None:
     assert session["maxSessionsPerPod"] == fields["max_sessions"].default
     assert session["drainSeconds"] == fields["drain_grace_s"].default
     assert session["stt"] == {
+        "engine": fields["stt_backend"].default,
         "device": fields["stt_device"].default,
         "computeType": fields["stt_compute_type"].default,
         "language": fields["stt_language"].default,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from voicechat_operator.render import (
     render_session_network_policy,
     render_session_service,
 )
-from voicechat_operator.spec import VoiceChatSpec, parse_spec
+from voicechat_operator.spec import InvalidSpecError, VoiceChatSpec, parse_spec
 from voicechat_session.metrics import ACTIVE_SESSIONS
 from voicechat_session.settings import METRICS_PORT, SessionSettings
 from voicechat_session.settings import PORT as SESSION_PORT
@@ -457,3 +458,61 @@ def test_session_network_policy_opens_https_only_for_a_hub_stt_model() -> None:
     raw["session"]["stt"]["model"] = "/models/whisper"
     egress = render_session_network_policy(OWNER, parse_spec("demo", {"llm": {}, **raw}))["spec"]["egress"]
     assert len(egress) == 2
+
+
+REMOTE_SPEECH = {
+    "minReplicas": 1,
+    "maxReplicas": 2,
+    "stt": {
+        "engine": "remote",
+        "url": "https://speech.example.com/v1",
+        "apiKeySecret": {"name": "speech-key"},
+    },
+    "tts": {
+        "engine": "remote",
+        "url": "http://kokoro-fastapi.speech.svc:8880/v1",
+        "model": "kokoro",
+        "voice": "af_heart",
+    },
+}
+
+
+def test_remote_speech_servers_reach_the_session_settings_and_the_network_policy() -> None:
+    spec = parse_spec("demo", {"llm": {}, "session": REMOTE_SPEECH})
+    config = render_config_map(OWNER, spec)["data"]
+    setting = {name: config.get(env_name(SessionSettings, name)) for name in SessionSettings.model_fields}
+    assert (setting["stt_backend"], setting["stt_url"]) == ("remote", "https://speech.example.com/v1")
+    assert (setting["tts_backend"], setting["tts_url"], setting["tts_model"]) == (
+        "remote",
+        "http://kokoro-fastapi.speech.svc:8880/v1",
+        "kokoro",
+    )
+    # The settings the pod will read are valid for the session service (one source of truth for the names).
+    SessionSettings.model_validate(
+        {k: v for k, v in setting.items() if v is not None and k.startswith(("stt_", "tts_"))}
+    )
+    env = _env(render_session_deployment(OWNER, spec))
+    assert {"name": env_name(SessionSettings, "stt_api_key"), "valueFrom": {"secretKeyRef": {"name": "speech-key", "key": "api-key"}}} in env  # fmt: skip
+    assert all(e["name"] != env_name(SessionSettings, "tts_api_key") for e in env)
+    egress = render_session_network_policy(OWNER, spec)["spec"]["egress"]
+    (outside,) = [rule for rule in egress if "ipBlock" in json.dumps(rule)]
+    assert [p["port"] for p in outside["ports"]] == [443, 8880]
+    # The embedded engines: nothing of the sort.
+    local = render_config_map(OWNER, SPECS["minimal"])["data"]
+    assert local[env_name(SessionSettings, "stt_backend")] == "faster-whisper"
+    assert env_name(SessionSettings, "tts_url") not in local
+
+
+@pytest.mark.parametrize(
+    ("session", "problem"),
+    [
+        ({"tts": {"engine": "remote"}}, "session.tts.engine remote needs session.tts.url"),
+        ({"stt": {"engine": "remote"}}, "session.stt.engine remote needs session.stt.url"),
+        ({"stt": {"url": "http://x:1/v1"}}, "only used with session.stt.engine remote"),
+        ({"tts": {"model": "kokoro"}}, "only used with session.tts.engine remote"),
+        ({"tts": {"engine": "remote", "url": "ftp://x/v1"}}, "spec.session.tts.url"),
+    ],
+)
+def test_bad_remote_speech_configuration_is_an_invalid_spec(session: dict[str, Any], problem: str) -> None:
+    with pytest.raises(InvalidSpecError, match=re.escape(problem)):
+        parse_spec("demo", {"llm": {}, "session": {"minReplicas": 1, "maxReplicas": 2, **session}})
