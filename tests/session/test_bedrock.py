@@ -174,6 +174,9 @@ async def test_typed_and_spoken_turns_with_history(standin: BedrockStandIn) -> N
         ]
         assert client.errors() == []
     assert standin.completed == 3
+    # Finished streams hand their connection back to boto3's pool: the start-up check and both turns
+    # shared one (no new TCP or TLS handshake in a turn's time to first token).
+    assert standin.connections == 1
 
 
 async def test_throttling_is_an_error_event_and_the_session_goes_on(standin: BedrockStandIn) -> None:

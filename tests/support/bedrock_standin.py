@@ -22,10 +22,12 @@ It runs in its own thread (a plain context manager, usable from sync and async t
         bedrock.last_request          # parsed JSON body: messages / system / inferenceConfig
         bedrock.model_ids[-1]         # the model id from the URL path
         bedrock.stream_cut.wait(5)    # a stream the client closed before its end
+        bedrock.connections           # TCP connections accepted (pooled clients reuse one)
 
 Arguments: ``region`` (default ``us-east-1``); ``replies``: scripted replies used in order, each a ``str`` or
 a :class:`Reply` (after the list is used up, ``reply`` answers every request); ``models``: the model ids
-that exist (None: any id); ``host``/``port`` to bind (default 127.0.0.1, ephemeral port).
+that exist (None: any id); ``host``/``port`` to bind (default 127.0.0.1, ephemeral port). ``replies`` may be
+appended to while serving (e.g. after a service's start-up request).
 A request whose ``inferenceConfig.maxTokens`` is smaller than the reply gets that many words and
 ``stopReason: max_tokens``.
 """
@@ -42,7 +44,7 @@ import threading
 import time
 import urllib.parse
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -81,6 +83,7 @@ class _State:
     completed: int = 0
     cancelled: int = 0
     rejected: int = 0
+    connections: int = 0
 
 
 class BedrockStandIn:
@@ -104,7 +107,7 @@ class BedrockStandIn:
         self._lock = threading.Lock()
         self.stream_cut = threading.Event()
         """Set when a client closes a stream before its last event (a barge-in that really cancelled)."""
-        self._server = ThreadingHTTPServer((host, port), self._handler_class())
+        self._server = _Server((host, port), self._handler_class(), self._count_connection)
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
 
@@ -149,6 +152,16 @@ class BedrockStandIn:
         """Streams the client closed before their end."""
         with self._lock:
             return self._state.cancelled
+
+    @property
+    def connections(self) -> int:
+        """TCP connections accepted: a client that reuses its pooled connection opens one for many replies."""
+        with self._lock:
+            return self._state.connections
+
+    def _count_connection(self) -> None:
+        with self._lock:
+            self._state.connections += 1
 
     @property
     def rejected(self) -> int:
@@ -325,6 +338,21 @@ class BedrockStandIn:
                     self._state.cancelled += 1
             if not finished:
                 self.stream_cut.set()
+
+
+class _Server(ThreadingHTTPServer):
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[BaseHTTPRequestHandler],
+        on_connection: Callable[[], None],
+    ) -> None:
+        super().__init__(address, handler)
+        self._on_connection = on_connection
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self._on_connection()
+        super().process_request(request, client_address)
 
 
 # --- the AWS event-stream encoding (also used by tests to build frames) ----------------------------------
