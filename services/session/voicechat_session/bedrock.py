@@ -203,8 +203,9 @@ class BedrockChatModel:
             settings.bedrock_endpoint_url
             or f"bedrock-runtime in {settings.bedrock_region or 'the SDK region'}"
         )
-        # Every open session may stream at once; the pool's default of 10 connections would queue them.
-        connections = settings.max_sessions + 2
+        # Every open session may stream at once, and a session briefly two (a speculative or superseded
+        # reply while its cancelled thread unwinds); boto3's default of 10 connections would queue them.
+        connections = 2 * settings.max_sessions + 2
         self._config = Config(
             # A throttled or failed reply is reported at once: a voice turn cannot wait through retries.
             retries={"total_max_attempts": 1, "mode": "standard"},
@@ -281,7 +282,11 @@ class BedrockChatModel:
         metrics.LLM_STREAMS_ACTIVE.inc()
         try:
             async with asyncio.timeout(s.llm_first_token_timeout_s) as timer:
-                loop.run_in_executor(self._executor, reader.run, client, request)
+                # Not awaited: run() hands everything, failures included, to the queue.
+                try:
+                    self._executor.submit(reader.run, client, request)
+                except RuntimeError as exc:  # the pool is shut down: the pod is closing
+                    raise LLMUnavailable("the Bedrock client is closed") from exc
                 while True:
                     kind, item = await queue.get()
                     if kind == "end":
