@@ -248,6 +248,28 @@ async def test_interrupt_closes_the_bedrock_stream(standin: BedrockStandIn) -> N
         assert client.errors() == []
 
 
+async def test_spoken_barge_in_closes_the_bedrock_stream(standin: BedrockStandIn) -> None:
+    story = " ".join(f"Sentence number {i} of a long story, told slowly." for i in range(40))
+    async with bedrock_app(standin) as service, VoiceChatClient.connect(service.ws_url) as client:
+        # About 18 s of generation: Bedrock is still writing when the user talks over the reply.
+        standin.replies.append(Reply(text=story, token_delay_s=0.05))
+        await client.start(sample_rate=RATE)
+        await client.send({"type": "text", "text": "Tell me a story."})
+        audio_start = await client.wait_for("audio_start", timeout_s=20)
+        await client.wait_event(lambda e: isinstance(e, bytes), timeout_s=20)  # the assistant is talking
+        await client.stream_audio(utterance_tone(1, 0.6, RATE), RATE, trailing_silence_s=0.8)
+        interrupted = await client.wait_for("interrupted", turn_id=audio_start["turn_id"], timeout_s=10)
+        assert interrupted["reason"] == "barge_in"
+        assert await asyncio.to_thread(standin.stream_cut.wait, 5), "the Bedrock stream was not closed"
+        assert standin.cancelled == 1
+        # The barge-in utterance is the next turn, answered with the interrupted reply in the history.
+        turn = await client.wait_for("transcript", final=True, text=SCRIPT[1], timeout_s=20)
+        await client.wait_for("turn_metrics", turn_id=turn["turn_id"], timeout_s=20)
+        roles = [m["role"] for m in standin.last_request["messages"]]
+        assert roles == ["user", "assistant", "user"]
+        assert texts(standin.last_request["messages"][-1]) == [SCRIPT[1]]
+
+
 async def test_a_stalled_first_token_times_out_and_closes_the_stream(standin: BedrockStandIn) -> None:
     async with (
         bedrock_app(standin, llm_first_token_timeout_s=0.5) as service,
