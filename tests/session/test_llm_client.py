@@ -14,7 +14,15 @@ import pytest
 
 from voicechat_common.localstack import free_port
 from voicechat_session.history import ChatMessage
-from voicechat_session.llm import LLMClient, LLMError, LLMTimeout, LLMUnavailable, StreamStats, parse_sse_line
+from voicechat_session.llm import (
+    LLMClient,
+    LLMError,
+    LLMThrottled,
+    LLMTimeout,
+    LLMUnavailable,
+    StreamStats,
+    parse_sse_line,
+)
 from voicechat_session.settings import SessionSettings
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -99,6 +107,17 @@ async def test_http_errors() -> None:
     async with _server(handler) as url, httpx.AsyncClient() as http:
         with pytest.raises(LLMUnavailable, match="503"):
             await _client(url, http).stream(MESSAGES, StreamStats(), print)
+
+
+async def test_http_429_is_throttled() -> None:
+    async def handler(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 429 Too Many Requests\r\nContent-Length: 4\r\n\r\nslow")
+        await writer.drain()
+
+    async with _server(handler) as url, httpx.AsyncClient() as http:
+        with pytest.raises(LLMThrottled, match="429") as raised:
+            await _client(url, http).stream(MESSAGES, StreamStats(), print)
+    assert raised.value.code == "llm_throttled"
 
 
 async def test_cancelling_closes_the_http_stream() -> None:

@@ -1,5 +1,7 @@
-"""Streaming chat completions from any OpenAI-compatible endpoint (the LLM service, vLLM, llama.cpp, Ollama,
-LM Studio, OpenAI) over Server-Sent Events.
+"""The chat-model stage: :class:`ChatModel`, the interface a turn streams its reply through, and
+:class:`LLMClient`, streaming chat completions from any OpenAI-compatible endpoint (the LLM service, vLLM,
+llama.cpp, Ollama, LM Studio, OpenAI) over Server-Sent Events. Amazon Bedrock is
+:class:`voicechat_session.bedrock.BedrockChatModel`; the pod picks one by ``llm_provider``.
 
 Cancelling the consuming task closes the HTTP response, which drops the connection: the engine notices the
 disconnect and aborts the generation, so an interrupted reply stops costing GPU time at once.
@@ -13,7 +15,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -47,6 +49,12 @@ class LLMTimeout(LLMError):
     code: ErrorCode = "llm_timeout"
 
 
+class LLMThrottled(LLMError):
+    """The provider refused the request for its rate or quota (HTTP 429, Bedrock ThrottlingException)."""
+
+    code: ErrorCode = "llm_throttled"
+
+
 @dataclass
 class StreamStats:
     request_started: float = 0.0
@@ -71,6 +79,31 @@ def parse_sse_line(line: str) -> str | None:
     return chunk_content(chunk) or None
 
 
+class ChatModel(Protocol):
+    """The chat-model stage as a turn uses it: one per pod, every call an independent request."""
+
+    @property
+    def model(self) -> str | None:
+        """The model requested (None until known)."""
+        ...
+
+    async def resolve_model(self) -> str | None:
+        """The model, asking the provider when it was not configured (None while it is unreachable)."""
+        ...
+
+    async def stream(
+        self, messages: Sequence[ChatMessage], stats: StreamStats, on_delta: Callable[[str], None]
+    ) -> str:
+        """Stream a reply, calling ``on_delta`` per text delta; returns the whole text.
+
+        Records the request start and first token in ``stats``; raises LLMUnavailable, LLMThrottled,
+        LLMTimeout or LLMError. Cancelling the caller closes the provider's stream.
+        """
+        ...
+
+    async def aclose(self) -> None: ...
+
+
 class LLMClient:
     """One per pod: an HTTP connection pool to the LLM; every call is an independent request."""
 
@@ -86,6 +119,9 @@ class LLMClient:
     @property
     def model(self) -> str | None:
         return self._model
+
+    async def aclose(self) -> None:
+        """Nothing of its own to close: the pod owns the shared HTTP client."""
 
     async def resolve_model(self) -> str | None:
         """The configured model, else the first one the endpoint lists (None while it is unreachable)."""
@@ -156,9 +192,14 @@ class LLMClient:
                 async with self._open_stream(messages, model) as response:
                     if response.status_code != 200:
                         body = (await response.aread()).decode(errors="replace")[:300]
-                        raise (LLMUnavailable if response.status_code in (502, 503, 504) else LLMError)(
-                            f"the LLM answered HTTP {response.status_code}: {body}"
+                        error = (
+                            LLMUnavailable
+                            if response.status_code in (502, 503, 504)
+                            else LLMThrottled
+                            if response.status_code == 429
+                            else LLMError
                         )
+                        raise error(f"the LLM answered HTTP {response.status_code}: {body}")
                     async for line in response.aiter_lines():
                         delta = parse_sse_line(line)
                         if delta is None:

@@ -197,6 +197,7 @@ ErrorCode = Literal[
     "llm_unavailable",
     "llm_timeout",
     "llm_error",
+    "llm_throttled",
     "stt_failed",
     "tts_failed",
     "server_full",

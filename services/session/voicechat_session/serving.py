@@ -1,4 +1,4 @@
-"""The pod: shared read-only models, the bounded model pool and the LLM client.
+"""The pod: shared read-only models, the bounded model pool and the chat model (LLM client or Bedrock).
 
 Everything here is shared by the connections of one process, and none of it holds conversation state (that
 lives in :class:`voicechat_session.connection.Connection`, one per WebSocket) or knows the open sessions
@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import httpx
 
@@ -33,15 +33,21 @@ from voicechat_session.backends.loader import (
     warm_up_async,
     worker_count,
 )
-from voicechat_session.llm import LLM_KEEPALIVE_EXPIRY_S, LLMClient
+from voicechat_session.llm import LLM_KEEPALIVE_EXPIRY_S, ChatModel, LLMClient, LLMError
 from voicechat_session.pool import Priority, PriorityPool
 from voicechat_session.resume import ResumeCodec, codec_from_settings
 from voicechat_session.settings import SessionSettings
+
+if TYPE_CHECKING:
+    from voicechat_session.bedrock import BedrockChatModel
 
 log = logging.getLogger(__name__)
 
 START_RETRY_S = (0.5, 15.0)
 """A speech server not answering at start: first retry after 0.5 s, doubling up to every 15 s."""
+BEDROCK_RECHECK_S = (2.0, 60.0)
+"""A failed Bedrock check is retried with doubling delays in this range: credentials or a model grant that
+arrive later (an IAM change) make the pod ready without a restart."""
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -98,7 +104,16 @@ class Pod:
             timeout=httpx.Timeout(10.0),
             limits=httpx.Limits(max_connections=None, keepalive_expiry=LLM_KEEPALIVE_EXPIRY_S),
         )
-        self.llm = LLMClient(settings, self.http)
+        self.bedrock: BedrockChatModel | None = None
+        self.llm: ChatModel
+        if settings.llm_provider == "bedrock":
+            # Imported only here: boto3 is slow to import and unused by the OpenAI-compatible provider.
+            from voicechat_session.bedrock import BedrockChatModel
+
+            self.llm = self.bedrock = BedrockChatModel(settings)
+        else:
+            self.llm = LLMClient(settings, self.http)
+        self._llm_watch: asyncio.Task[None] | None = None
         self.not_ready_reason: str | None = "loading models"
         self._start_retry: asyncio.Task[None] | None = None
 
@@ -165,7 +180,15 @@ class Pod:
         return voices
 
     async def _finish_start(self, started: float) -> None:
-        await self.refresh_llm_info()
+        if self.bedrock is not None:
+            self.not_ready_reason = "checking Bedrock"
+            if not await self.check_bedrock(self.bedrock):
+                self._llm_watch = asyncio.create_task(
+                    self._recheck_bedrock(self.bedrock), name="bedrock recheck"
+                )
+                return
+        else:
+            await self.refresh_llm_info()
         self.not_ready_reason = None
         log.info(
             "session service ready",
@@ -193,13 +216,41 @@ class Pod:
                 report=self.llm_info.report,
             )
 
+    async def check_bedrock(self, bedrock: BedrockChatModel) -> bool:
+        """One one-token reply from Bedrock: its TTFT is the warm TTFT shown in /api/info. On failure the
+        reason (wrong region, no credentials, no model access) becomes /readyz's, and the pod stays up."""
+        try:
+            ttft_s = await bedrock.check(self.system_prompt)
+        except LLMError as exc:
+            self.not_ready_reason = f"Bedrock check failed ({exc.code}): {exc}"
+            log.warning("Bedrock check failed", extra={"error": str(exc), "code": exc.code})
+            return False
+        self.llm_info = LlmInfo(model=bedrock.model, warm_ttft_ms=round(ttft_s * 1000, 1))
+        log.info("Bedrock check passed", extra={"model": bedrock.model, "ttft_s": round(ttft_s, 3)})
+        return True
+
+    async def _recheck_bedrock(self, bedrock: BedrockChatModel) -> None:
+        delay = BEDROCK_RECHECK_S[0]
+        while True:
+            await asyncio.sleep(delay)
+            if await self.check_bedrock(bedrock):
+                self.not_ready_reason = None
+                log.info("session service ready", extra={"llm_model": self.llm_info.model})
+                return
+            delay = min(delay * 2, BEDROCK_RECHECK_S[1])
+
     async def close(self) -> None:
+        if self._llm_watch is not None:
+            self._llm_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._llm_watch
         if self._start_retry is not None:
             self._start_retry.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._start_retry
         if self.models is not None:
             await close_models(self.models)
+        await self.llm.aclose()
         await self.http.aclose()
         self.pool.shutdown()
         self.vad_executor.shutdown(wait=False, cancel_futures=True)

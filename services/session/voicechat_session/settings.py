@@ -301,6 +301,15 @@ class SessionSettings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _bedrock_needs_a_model(self) -> SessionSettings:
+        if self.llm_provider == "bedrock" and not self.llm_model:
+            raise ValueError(
+                "llm_provider=bedrock needs llm_model: the Bedrock model id or inference profile "
+                "(e.g. anthropic.claude-3-haiku-20240307-v1:0 or us.anthropic.claude-3-5-haiku-20241022-v1:0)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _resume_token_fits_a_frame(self) -> SessionSettings:
         need = budget_plaintext_bytes(self.history_max_chars, self.history_max_messages)
         have = max_plaintext_bytes(self.max_frame_bytes)

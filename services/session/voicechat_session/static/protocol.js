@@ -41,6 +41,7 @@ export const ERROR_TEXT = {
   llm_unavailable: "The language model is not reachable right now. Try again in a moment.",
   llm_timeout: "The language model took too long to answer. Try again.",
   llm_error: "The language model failed to answer. Try again.",
+  llm_throttled: "The language model is busy (request limit reached). Wait a moment and try again.",
   stt_failed: "Speech recognition failed for that turn. Please say it again.",
   tts_failed: "Speech synthesis failed; the reply is shown as text only.",
   server_full: "The server is busy: every session slot is in use.",
