@@ -185,7 +185,9 @@ class Reconciler:
             return cached[1]
         result = await self._check_external(owner, spec, llm.url, llm.model)
         self._checks[(owner.namespace, owner.name)] = (key, result, time.monotonic())
-        log = logger.info if result.ok else logger.warning
+        # Logged when the outcome changes, not at every periodic check.
+        changed = cached is None or cached[0] != key or cached[1].reason != result.reason
+        log = (logger.info if result.ok else logger.warning) if changed else logger.debug
         log(
             "external LLM checked",
             extra=_log_extra(
