@@ -738,21 +738,35 @@ def url_port(url: str) -> int:
     return parts.port or (443 if parts.scheme == "https" else 80)
 
 
-def _anywhere() -> list[Obj]:
+def in_cluster_host(url: str) -> bool:
+    """Whether ``url`` may name a Service of this cluster (``svc``, ``svc.ns``, ``….svc[.cluster.local]``).
+
+    A two-label name (``svc.ns``) cannot be told from a domain such as ``example.com``; counting it in only
+    loosens the policy (pods of any namespace on that port), it never blocks the LLM.
+    """
+    host = urlsplit(url).hostname or ""
+    return "." not in host or host.endswith((".svc", ".svc.cluster.local")) or host.count(".") == 1
+
+
+def _anywhere(in_cluster: bool = False) -> list[Obj]:
     # A hosted LLM has no stable address (a provider's anycast or CDN IPs, a gateway, another cluster's load
-    # balancer): any IPv4/IPv6 address but the metadata service, plus pods of any namespace (an in-cluster
-    # Ollama) since CNIs disagree on whether ipBlock matches pod IPs.
-    return [
+    # balancer): any IPv4/IPv6 address but the metadata service. A Service of this cluster (an Ollama in
+    # another namespace) also gets pods of any namespace, since CNIs disagree on whether ipBlock matches pod IPs;
+    # only then, so a provider's port does not open every pod listening on it.
+    peers: list[Obj] = [
         {"ipBlock": {"cidr": "0.0.0.0/0", "except": [METADATA_CIDRS[0]]}},
         {"ipBlock": {"cidr": "::/0", "except": [METADATA_CIDRS[1]]}},
-        {"namespaceSelector": {}},
     ]
+    if in_cluster:
+        peers.append({"namespaceSelector": {}})
+    return peers
 
 
 def _llm_egress(owner: Owner, spec: VoiceChatSpec) -> list[Obj]:
     llm = spec.llm
     if llm.engine == "external" and llm.url:
-        return [{"to": _anywhere(), "ports": [{"protocol": "TCP", "port": url_port(llm.url)}]}]
+        to = _anywhere(in_cluster_host(llm.url))
+        return [{"to": to, "ports": [{"protocol": "TCP", "port": url_port(llm.url)}]}]
     if llm.engine == "bedrock":
         # Bedrock Runtime and STS (IRSA's AssumeRoleWithWebIdentity) on HTTPS, or the endpoint override's port.
         ports = sorted({443, url_port(bedrock_endpoint(spec))})

@@ -18,6 +18,7 @@ from voicechat_operator.render import (
     absent_children,
     endpoints,
     generated_secrets,
+    in_cluster_host,
     render_children,
     render_config_map,
     url_port,
@@ -235,13 +236,30 @@ def test_session_egress_reaches_the_external_url_port_and_not_the_metadata_servi
     assert _ports(llm) == {8443}
     blocks = {p["ipBlock"]["cidr"]: p["ipBlock"].get("except") for p in llm["to"] if "ipBlock" in p}
     assert blocks == {"0.0.0.0/0": ["169.254.169.254/32"], "::/0": ["fd00:ec2::254/128"]}
-    assert {"namespaceSelector": {}} in llm["to"]  # an in-cluster server (Ollama in another namespace)
+    assert {"namespaceSelector": {}} not in llm["to"]  # a provider's port does not open every pod on it
     # Nothing reaches LLM pods that do not exist.
     assert not any(
         "podSelector" in peer for r in rules for peer in r.get("to", []) if "namespaceSelector" not in peer
     )
     plain = _egress(_parse({**EXTERNAL, "url": "http://ollama.tools.svc:11434/v1"}))
-    assert any(_ports(r) == {11434} for r in plain)
+    (ollama,) = [r for r in plain if _ports(r) == {11434}]
+    assert {"namespaceSelector": {}} in ollama["to"]  # an in-cluster server: pods of any namespace too
+
+
+@pytest.mark.parametrize(
+    ("url", "inside"),
+    [
+        ("http://ollama:11434/v1", True),
+        ("http://ollama.tools:11434/v1", True),
+        ("http://ollama.tools.svc:11434/v1", True),
+        ("http://ollama.tools.svc.cluster.local:11434/v1", True),
+        ("https://api.openai.com/v1", False),
+        ("https://gateway.example.internal.corp/v1", False),
+        ("http://10.0.0.7:8000/v1", False),
+    ],
+)
+def test_in_cluster_hosts(url: str, inside: bool) -> None:
+    assert in_cluster_host(url) is inside
 
 
 def test_session_egress_for_bedrock_covers_https_and_the_pod_identity_agent() -> None:
