@@ -24,7 +24,7 @@ from voicechat_operator.render import (
     url_port,
 )
 from voicechat_operator.spec import InvalidSpecError, VoiceChatSpec, parse_spec
-from voicechat_operator.status import build_status
+from voicechat_operator.status import build_status, status_changed
 from voicechat_session.settings import SessionSettings
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "operator" / "examples"
@@ -336,6 +336,8 @@ def test_external_llm_ready_is_the_operators_check() -> None:
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
     assert ready["status"] == "True"
     assert status["endpoints"]["warmup"] is None  # removed from the stored status by the merge patch
+    stored = {**status, "endpoints": {k: v for k, v in status["endpoints"].items() if v is not None}}
+    assert not status_changed(status, stored)  # once removed, the same observation writes nothing
     bad = CheckResult(False, "Unauthorized", "GET …/models: HTTP 401", 3, "2026-12-03T07:01:00Z")
     failed = build_status(
         generation=2,
