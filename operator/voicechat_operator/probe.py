@@ -83,8 +83,9 @@ async def check_openai_endpoint(
         )
         return CheckResult(False, UNAUTHORIZED, f"GET {url}: HTTP {status}: {hint}", latency, now)
     if not 200 <= status < 300:
-        text = body[:200].decode(errors="replace")
-        return CheckResult(False, BAD_RESPONSE, f"GET {url}: HTTP {status}: {text}", latency, now)
+        # The status only, not the body: a VoiceChat author must not read other servers' answers through
+        # the operator's status.
+        return CheckResult(False, BAD_RESPONSE, f"GET {url}: HTTP {status}", latency, now)
     try:
         listed = _listed_models(json.loads(body))
     except ValueError:

@@ -7,8 +7,10 @@ server defaulted the object. Checks the schema cannot express live in :func:`par
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
@@ -227,6 +229,20 @@ def is_hosted(spec: VoiceChatSpec) -> bool:
     return spec.llm.engine in HOSTED_ENGINES
 
 
+# EC2's IPv6 instance metadata and EKS Pod Identity agent addresses (the IPv4 ones are link-local).
+CLOUD_IPV6_METADATA = (ipaddress.ip_address("fd00:ec2::254"), ipaddress.ip_address("fd00:ec2::23"))
+
+
+def _metadata_address(url: str) -> bool:
+    """Whether ``url`` names a link-local or cloud metadata address literally (the operator would probe it)."""
+    host = urlsplit(url).hostname or ""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False  # a name: resolved by the pods and the operator, as any other
+    return address.is_link_local or address in CLOUD_IPV6_METADATA
+
+
 def _engine_problems(llm: LLMSpec) -> list[str]:
     problems = []
     if llm.engine in HOSTED_ENGINES and llm.model is None:
@@ -237,6 +253,8 @@ def _engine_problems(llm: LLMSpec) -> list[str]:
         problems.append(
             "llm.engine external needs llm.url (the OpenAI-compatible base URL, e.g. https://…/v1)"
         )
+    if llm.url is not None and _metadata_address(llm.url):
+        problems.append("llm.url may not be a link-local or cloud metadata address")
     if llm.engine != "external" and llm.url is not None:
         problems.append(f"llm.url applies only to llm.engine external, not {llm.engine}")
     if llm.engine == "bedrock" and (llm.bedrock is None or llm.bedrock.region is None):

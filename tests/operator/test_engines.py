@@ -105,6 +105,8 @@ def _session_env(spec: VoiceChatSpec) -> dict[str, str]:
         ({**EXTERNAL, "url": "ftp://x/v1"}, "spec.llm.url"),
         ({**EXTERNAL, "url": "https://x y/v1"}, "spec.llm.url"),
         ({**BEDROCK, "bedrock": {"region": "Frankfurt"}}, "spec.llm.bedrock.region"),
+        ({**EXTERNAL, "url": "http://169.254.169.254/latest"}, "link-local or cloud metadata"),
+        ({**EXTERNAL, "url": "http://[fd00:ec2::254]/v1"}, "link-local or cloud metadata"),
     ],
 )
 def test_incomplete_hosted_engine_specs_are_refused_with_the_reason(llm: dict[str, Any], needle: str) -> None:
