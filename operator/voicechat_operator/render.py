@@ -726,8 +726,9 @@ def _stt_model_downloads(spec: VoiceChatSpec) -> bool:
     return model is not None and not model.startswith("/")
 
 
-# The instance metadata service stays closed even where a hosted LLM opens a port to any address.
-METADATA_CIDRS = ("169.254.169.254/32", "fd00:ec2::254/128")
+# Link-local and the cloud's metadata ranges (instance metadata, the EKS Pod Identity agent) stay closed even
+# where a hosted LLM opens a port to any address; bedrock opens the agent explicitly.
+METADATA_CIDRS = (["169.254.0.0/16"], ["fe80::/10", "fd00:ec2::/32"])
 # The EKS Pod Identity agent (a node-local link address, port 80) hands out the pods' AWS credentials.
 POD_IDENTITY_AGENT = ({"ipBlock": {"cidr": "169.254.170.23/32"}}, {"ipBlock": {"cidr": "fd00:ec2::23/128"}})
 
@@ -754,8 +755,8 @@ def _anywhere(in_cluster: bool = False) -> list[Obj]:
     # another namespace) also gets pods of any namespace, since CNIs disagree on whether ipBlock matches pod IPs;
     # only then, so a provider's port does not open every pod listening on it.
     peers: list[Obj] = [
-        {"ipBlock": {"cidr": "0.0.0.0/0", "except": [METADATA_CIDRS[0]]}},
-        {"ipBlock": {"cidr": "::/0", "except": [METADATA_CIDRS[1]]}},
+        {"ipBlock": {"cidr": "0.0.0.0/0", "except": list(METADATA_CIDRS[0])}},
+        {"ipBlock": {"cidr": "::/0", "except": list(METADATA_CIDRS[1])}},
     ]
     if in_cluster:
         peers.append({"namespaceSelector": {}})

@@ -237,7 +237,7 @@ def test_session_egress_reaches_the_external_url_port_and_not_the_metadata_servi
     (llm,) = [r for r in rules if 8443 in _ports(r)]
     assert _ports(llm) == {8443}
     blocks = {p["ipBlock"]["cidr"]: p["ipBlock"].get("except") for p in llm["to"] if "ipBlock" in p}
-    assert blocks == {"0.0.0.0/0": ["169.254.169.254/32"], "::/0": ["fd00:ec2::254/128"]}
+    assert blocks == {"0.0.0.0/0": ["169.254.0.0/16"], "::/0": ["fe80::/10", "fd00:ec2::/32"]}
     assert {"namespaceSelector": {}} not in llm["to"]  # a provider's port does not open every pod on it
     # Nothing reaches LLM pods that do not exist.
     assert not any(
