@@ -51,6 +51,8 @@ HELM_ONLY_LABELS = ("helm.sh/chart",)
 EXAMPLES = {
     "voicechat-g5-xlarge.yaml": "values-eks-g5.yaml",
     "voicechat-cpu.yaml": "values-cpu.yaml",
+    "voicechat-openai.yaml": "values-openai.yaml",
+    "voicechat-bedrock.yaml": "values-bedrock.yaml",
 }
 
 Manifest = dict[str, Any]

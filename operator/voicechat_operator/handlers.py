@@ -3,7 +3,8 @@
 They are registered into a registry built per operator (not kopf's process-wide default), so tests can run
 several operators in one process without handlers leaking between them.
 
-No handler makes kopf put a finalizer on a VoiceChat (no timers, daemons or deletion handlers): deleting a
+No handler makes kopf put a finalizer on a VoiceChat (no timers, daemons or deletion handlers; the periodic
+check of an external LLM is the Reconciler's own task): deleting a
 VoiceChat never needs the operator, so `helm uninstall` (which removes the operator's RBAC and Deployment
 before the VoiceChat) and a deleted namespace leave nothing Terminating; garbage collection removes the
 children through their owner references. Drift and status follow the children's watch events; a failed
@@ -103,7 +104,9 @@ def build_registry(operator_settings: OperatorSettings) -> kopf.OperatorRegistry
             credentials,
             field_manager=operator_settings.field_manager,
             timeout_s=operator_settings.api_timeout_s,
-        )
+        ),
+        check_interval_s=operator_settings.llm_check_interval_s,
+        check_timeout_s=operator_settings.llm_check_timeout_s,
     )
 
     retries = Retries(
@@ -134,7 +137,7 @@ def build_registry(operator_settings: OperatorSettings) -> kopf.OperatorRegistry
     @kopf.on.cleanup(registry=registry)
     async def close(**_: Any) -> None:
         await retries.close()
-        await reconciler.client.close()
+        await reconciler.close()
 
     async def apply_spec(body: kopf.Body) -> None:
         meta = body["metadata"]

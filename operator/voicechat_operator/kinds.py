@@ -44,17 +44,30 @@ class Kind:
 
 VOICECHAT = Kind(API_VERSION, KIND, PLURAL)
 CONFIG_MAP = Kind("v1", "ConfigMap", "configmaps")
-SERVICE = Kind("v1", "Service", "services")
-DEPLOYMENT = Kind("apps/v1", "Deployment", "deployments")
+# Services, Deployments and NetworkPolicies are optional: a hosted LLM engine (external, bedrock) has no
+# NAME-llm ones, so switching to it deletes them.
+SERVICE = Kind("v1", "Service", "services", optional=True)
+DEPLOYMENT = Kind("apps/v1", "Deployment", "deployments", optional=True)
 HPA = Kind("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers")
 PDB = Kind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets")
-NETWORK_POLICY = Kind("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies")
+NETWORK_POLICY = Kind("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies", optional=True)
+# The session pods' own identity (IRSA / EKS Pod Identity), rendered only when wanted.
+SERVICE_ACCOUNT = Kind("v1", "ServiceAccount", "serviceaccounts", optional=True)
 POD_MONITOR = Kind("monitoring.coreos.com/v1", "PodMonitor", "podmonitors", optional=True)
 # Generated once per VoiceChat and never watched (watching would mean reading every Secret of the namespace).
 SECRET = Kind("v1", "Secret", "secrets")
 
 # Every kind a VoiceChat's children can have; the render functions only produce these.
-CHILD_KINDS: tuple[Kind, ...] = (CONFIG_MAP, SERVICE, DEPLOYMENT, HPA, PDB, NETWORK_POLICY, POD_MONITOR)
+CHILD_KINDS: tuple[Kind, ...] = (
+    CONFIG_MAP,
+    SERVICE,
+    DEPLOYMENT,
+    HPA,
+    PDB,
+    NETWORK_POLICY,
+    SERVICE_ACCOUNT,
+    POD_MONITOR,
+)
 GENERATED_KINDS: tuple[Kind, ...] = (SECRET,)
 _BY_API_KIND = {(k.api_version, k.kind): k for k in (*CHILD_KINDS, *GENERATED_KINDS, VOICECHAT)}
 

@@ -7,7 +7,9 @@ An invalid spec applies nothing (no partial rollout) and says why in the ``Ready
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
@@ -15,11 +17,13 @@ from typing import Any
 from voicechat_operator import API_VERSION, KIND, kinds
 from voicechat_operator.generated import ensure_secret
 from voicechat_operator.kube import KubeApiError, KubeClient
+from voicechat_operator.probe import SECRET_MISSING, CheckResult, check_openai_endpoint, secret_value
 from voicechat_operator.render import (
     Owner,
     absent_children,
     endpoints,
     generated_secrets,
+    llm_api_key_ref,
     llm_name,
     render_children,
     session_name,
@@ -134,12 +138,131 @@ def _log_extra(owner: Owner, **fields: Any) -> dict[str, Any]:
     return {"voicechat": owner.name, "namespace": owner.namespace, **fields}
 
 
-class Reconciler:
-    """Holds the API client and one lock per VoiceChat so that its handlers never interleave."""
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
-    def __init__(self, client: KubeClient) -> None:
+
+class Reconciler:
+    """Holds the API client and one lock per VoiceChat so that its handlers never interleave.
+
+    For external LLM engines it also checks the endpoint (``GET {url}/models``): at every spec change, and
+    every ``check_interval_s`` from a background task per VoiceChat (not a kopf timer: timers make kopf put a
+    finalizer on the VoiceChat, see handlers). Child events reuse the last result while it is that fresh.
+    """
+
+    def __init__(
+        self, client: KubeClient, *, check_interval_s: float = 60.0, check_timeout_s: float = 5.0
+    ) -> None:
         self.client = client
+        self.check_interval_s = check_interval_s
+        self.check_timeout_s = check_timeout_s
         self._locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
+        # (namespace, name) -> (what was checked, result, monotonic time of the check)
+        self._checks: dict[tuple[str, str], tuple[tuple[Any, ...], CheckResult, float]] = {}
+        self._rechecks: dict[tuple[str, str], asyncio.Task[None]] = {}
+
+    async def close(self) -> None:
+        tasks = list(self._rechecks.values())
+        self._rechecks.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.client.close()
+
+    async def llm_check(self, owner: Owner, spec: VoiceChatSpec, *, fresh: bool) -> CheckResult | None:
+        """The external endpoint's check result (None for other engines); ``fresh`` probes now."""
+        llm = spec.llm
+        if llm.engine != "external" or llm.url is None or llm.model is None:
+            return None
+        key = (owner.uid, llm.url, llm.model, llm_api_key_ref(owner, spec))
+        cached = self._checks.get((owner.namespace, owner.name))
+        if (
+            not fresh
+            and cached is not None
+            and cached[0] == key
+            and time.monotonic() - cached[2] < self.check_interval_s
+        ):
+            return cached[1]
+        result = await self._check_external(owner, spec, llm.url, llm.model)
+        self._checks[(owner.namespace, owner.name)] = (key, result, time.monotonic())
+        # Logged when the outcome changes, not at every periodic check.
+        changed = cached is None or cached[0] != key or cached[1].reason != result.reason
+        log = (logger.info if result.ok else logger.warning) if changed else logger.debug
+        log(
+            "external LLM checked",
+            extra=_log_extra(
+                owner, reason=result.reason, latency_ms=result.latency_ms, detail=result.message
+            ),
+        )
+        return result
+
+    async def _check_external(self, owner: Owner, spec: VoiceChatSpec, url: str, model: str) -> CheckResult:
+        api_key = None
+        ref = llm_api_key_ref(owner, spec)
+        if ref is not None:
+            name, key = ref
+            try:
+                secret = await self.client.get(kinds.SECRET, owner.namespace, name)
+            except KubeApiError as exc:
+                return CheckResult(False, SECRET_MISSING, f"cannot read Secret {name}: {exc}", None, _now())
+            api_key = secret_value(secret, key)
+            if api_key is None:
+                what = (
+                    f"Secret {name} does not exist" if secret is None else f"Secret {name} has no key {key!r}"
+                )
+                return CheckResult(False, SECRET_MISSING, f"llm.apiKeySecret: {what}", None, _now())
+        return await check_openai_endpoint(url, model, api_key, timeout_s=self.check_timeout_s, now=_now())
+
+    def _schedule_recheck(self, owner: Owner, spec: VoiceChatSpec) -> None:
+        key = (owner.namespace, owner.name)
+        if spec.llm.engine != "external":
+            self._checks.pop(key, None)
+            return  # a running task sees the engine change and ends
+        task = self._rechecks.get(key)
+        if task is None or task.done():
+            self._rechecks[key] = asyncio.create_task(
+                self._recheck_loop(key), name=f"llm check {key[0]}/{key[1]}"
+            )
+
+    async def _recheck_loop(self, key: tuple[str, str]) -> None:
+        namespace, name = key
+        try:
+            while True:
+                await asyncio.sleep(self.check_interval_s)
+                try:
+                    if not await self._recheck(namespace, name):
+                        break
+                except KubeApiError as exc:  # the API server is unavailable: try again next time
+                    logger.warning(
+                        "LLM re-check failed",
+                        extra={"voicechat": name, "namespace": namespace, "error": str(exc)},
+                    )
+        finally:
+            if self._rechecks.get(key) is asyncio.current_task():
+                del self._rechecks[key]
+                self._checks.pop(key, None)
+
+    async def _recheck(self, namespace: str, name: str) -> bool:
+        """Check the endpoint again and write the status; False when the VoiceChat no longer needs checks."""
+        async with self._locks[(namespace, name)]:
+            body = await self.client.get(kinds.VOICECHAT, namespace, name)
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                return False
+            owner = owner_of(body)
+            try:
+                spec = parse_spec(owner.name, body.get("spec") or {})
+            except InvalidSpecError:
+                return False  # the next valid spec schedules checks again
+            if spec.llm.engine != "external":
+                return False
+            previous = body.get("status") or {}
+            if previous.get("observedGeneration") is None:
+                return True  # no full reconcile yet: it writes the first status
+            check = await self.llm_check(owner, spec, fresh=True)
+            await self._write_status(
+                owner, previous["observedGeneration"], endpoints(owner, spec), None, previous, spec, check
+            )
+            return True
 
     def _lock(self, owner: Owner) -> asyncio.Lock:
         return self._locks[(owner.namespace, owner.name)]
@@ -164,15 +287,17 @@ class Reconciler:
                 )
                 await self._write_status(owner, generation, None, (INVALID_SPEC, str(exc)), previous)
                 raise
+            urls = endpoints(owner, spec)
             try:
                 applied = await self._converge(owner, spec, force=force)
             except KubeApiError as exc:
                 logger.error("apply failed", extra=_log_extra(owner, error=str(exc)))
-                await self._write_status(
-                    owner, generation, endpoints(owner), (APPLY_FAILED, str(exc)), previous
-                )
+                await self._write_status(owner, generation, urls, (APPLY_FAILED, str(exc)), previous, spec)
                 raise
-            await self._write_status(owner, generation, endpoints(owner), None, previous)
+            # A spec change (force) checks an external endpoint anew; a resume reuses a fresh-enough result.
+            check = await self.llm_check(owner, spec, fresh=force)
+            await self._write_status(owner, generation, urls, None, previous, spec, check)
+            self._schedule_recheck(owner, spec)
             return applied
 
     async def child_changed(self, child: Mapping[str, Any], event_type: str | None) -> list[str]:
@@ -221,8 +346,9 @@ class Reconciler:
             previous = body.get("status") or {}
             # Only a full reconcile of the spec advances observedGeneration; until one has run, it writes status.
             if kind is kinds.DEPLOYMENT and previous.get("observedGeneration") is not None:
+                check = await self.llm_check(owner, spec, fresh=False)
                 await self._write_status(
-                    owner, previous["observedGeneration"], endpoints(owner), None, previous
+                    owner, previous["observedGeneration"], endpoints(owner, spec), None, previous, spec, check
                 )
             return applied
 
@@ -290,6 +416,8 @@ class Reconciler:
         urls: Mapping[str, str] | None,
         problem: tuple[str, str] | None,
         previous: Mapping[str, Any] | None,
+        spec: VoiceChatSpec | None = None,
+        check: CheckResult | None = None,
     ) -> None:
         llm = await self.client.get(kinds.DEPLOYMENT, owner.namespace, llm_name(owner))
         sessions = await self.client.get(kinds.DEPLOYMENT, owner.namespace, session_name(owner))
@@ -300,6 +428,8 @@ class Reconciler:
             endpoints=urls,
             problem=problem,
             previous=previous,
+            engine=spec.llm.engine if spec is not None else None,
+            llm_check=check,
         )
         if status_changed(new, previous):
             await self.client.patch_status(kinds.VOICECHAT, owner.namespace, owner.name, new)

@@ -17,7 +17,7 @@ from voicechat_common.contracts import ACTIVE_SESSIONS_METRIC
 from voicechat_llm.settings import ENGINE_PORT, GATE_PORT, LLMSettings
 from voicechat_operator import API_VERSION, KIND, OPERATOR_NAME, __version__, kinds
 from voicechat_operator.env import env_name
-from voicechat_operator.spec import VoiceChatSpec
+from voicechat_operator.spec import VoiceChatSpec, is_hosted
 from voicechat_session.settings import METRICS_PORT as SESSION_METRICS_PORT
 from voicechat_session.settings import PORT as SESSION_PORT
 from voicechat_session.settings import SessionSettings
@@ -142,13 +142,26 @@ def _object(kind: kinds.Kind, meta: Obj, **fields: Any) -> Obj:
     return {"apiVersion": kind.api_version, "kind": kind.kind, "metadata": meta, **fields}
 
 
-def endpoints(owner: Owner) -> dict[str, str]:
-    """In-cluster URLs of the LLM (OpenAI-compatible base URL and warm-up report) and the session Service."""
+def bedrock_endpoint(spec: VoiceChatSpec) -> str:
+    """The Bedrock Runtime endpoint the session pods call: the override, else the region's public one."""
+    bedrock = spec.llm.bedrock
+    if bedrock is None or bedrock.region is None:
+        raise ValueError("llm.bedrock.region is required for engine bedrock")  # parse_spec refuses it first
+    return bedrock.endpoint_url or f"https://bedrock-runtime.{bedrock.region}.amazonaws.com"
+
+
+def endpoints(owner: Owner, spec: VoiceChatSpec | None = None) -> dict[str, str]:
+    """URLs of the LLM (OpenAI-compatible base URL, warm-up report of in-cluster engines) and the sessions."""
+    session = f"http://{session_name(owner)}.{owner.namespace}.svc"
+    if spec is not None and spec.llm.engine == "external" and spec.llm.url:
+        return {"llm": spec.llm.url, "session": session}
+    if spec is not None and spec.llm.engine == "bedrock":
+        return {"llm": bedrock_endpoint(spec), "session": session}
     llm_host = f"{llm_name(owner)}.{owner.namespace}.svc"
     return {
         "llm": f"http://{llm_host}:{ENGINE_PORT}/v1",
         "warmup": f"http://{llm_host}:{GATE_PORT}/warmup",
-        "session": f"http://{session_name(owner)}.{owner.namespace}.svc",
+        "session": session,
     }
 
 
@@ -182,13 +195,11 @@ def llm_settings(owner: Owner, spec: VoiceChatSpec) -> dict[str, str]:
 
 def session_settings(owner: Owner, spec: VoiceChatSpec) -> dict[str, str]:
     """Session service settings (environment) for this spec, keyed by variable name."""
-    session, urls = spec.session, endpoints(owner)
+    session, urls = spec.session, endpoints(owner, spec)
     values: dict[str, Any] = {
         "port": SESSION_PORT,
         # The public Service fronts SESSION_PORT only: metrics stay inside the cluster.
         "internal_port": SESSION_METRICS_PORT,
-        "llm_url": urls["llm"],
-        "llm_warmup_url": urls["warmup"],
         "system_prompt_file": PROMPT_PATH,
         "max_sessions": session.max_sessions_per_pod,
         "stt_device": session.stt.device,
@@ -213,8 +224,20 @@ def session_settings(owner: Owner, spec: VoiceChatSpec) -> dict[str, str]:
         values["tts_url"] = session.tts.url
     if session.tts.model:
         values["tts_model"] = session.tts.model
-    if spec.llm.served_model_name:
-        values["llm_model"] = spec.llm.served_model_name
+    llm = spec.llm
+    if llm.engine == "external":
+        # No warm-up report to wait for: the operator's endpoint check stands for it (LLMReady).
+        values |= {"llm_provider": "openai", "llm_url": urls["llm"], "llm_model": llm.model}
+    elif llm.engine == "bedrock" and llm.bedrock is not None:
+        values |= {"llm_provider": "bedrock", "llm_model": llm.model, "bedrock_region": llm.bedrock.region}
+        if llm.bedrock.endpoint_url:
+            values["bedrock_endpoint_url"] = llm.bedrock.endpoint_url
+    else:
+        # In-cluster engines leave llm_provider at its default (openai), so upgrading the operator does not
+        # change these pods' configuration hash and roll them.
+        values |= {"llm_url": urls["llm"], "llm_warmup_url": urls["warmup"]}
+        if llm.served_model_name:
+            values["llm_model"] = llm.served_model_name
     return {env_name(SessionSettings, key): str(value) for key, value in values.items()}
 
 
@@ -227,7 +250,8 @@ def _hash(*parts: dict[str, str]) -> str:
 
 def render_config_map(owner: Owner, spec: VoiceChatSpec) -> Obj:
     """The system prompt file plus every service setting, one key per environment variable."""
-    data = {PROMPT_KEY: spec.llm.system_prompt, **llm_settings(owner, spec), **session_settings(owner, spec)}
+    llm = {} if is_hosted(spec) else llm_settings(owner, spec)  # no LLM pods read them
+    data = {PROMPT_KEY: spec.llm.system_prompt, **llm, **session_settings(owner, spec)}
     return _object(kinds.CONFIG_MAP, _meta(owner, config_name(owner), CONFIG), data=data)
 
 
@@ -303,7 +327,14 @@ def _http_probe(path: str, port: str, period: int, failures: int, timeout: int =
     }
 
 
-def _pod_spec(spec: VoiceChatSpec, container: Obj, volumes: list[Obj], grace: int, scheduling: Any) -> Obj:
+def _pod_spec(
+    spec: VoiceChatSpec,
+    container: Obj,
+    volumes: list[Obj],
+    grace: int,
+    scheduling: Any,
+    service_account: str | None = None,
+) -> Obj:
     pod: Obj = {
         "containers": [container],
         "volumes": volumes,
@@ -312,8 +343,12 @@ def _pod_spec(spec: VoiceChatSpec, container: Obj, volumes: list[Obj], grace: in
         # Service links would inject e.g. VOICECHAT_SESSION_PORT=tcp://… for a VoiceChat named "voicechat",
         # which collides with the services' own settings.
         "enableServiceLinks": False,
+        # No API token in the pods: they never call the Kubernetes API. IRSA's webhook and EKS Pod Identity
+        # mount their own projected token / credentials for AWS, which this setting does not affect.
         "automountServiceAccountToken": False,
     }
+    if service_account is not None:
+        pod["serviceAccountName"] = service_account
     if scheduling.node_selector:
         pod["nodeSelector"] = dict(scheduling.node_selector)
     if scheduling.tolerations:
@@ -331,11 +366,19 @@ def _hugging_face_token(spec: VoiceChatSpec) -> list[Obj]:
     return [{"name": HF_TOKEN_ENV, "valueFrom": {"secretKeyRef": {"name": secret.name, "key": secret.key}}}]
 
 
-def llm_api_key_ref(owner: Owner, spec: VoiceChatSpec) -> tuple[str, str]:
-    """(Secret name, key) of the engine API key: the spec's reference, or the Secret the operator generates."""
+def llm_api_key_ref(owner: Owner, spec: VoiceChatSpec) -> tuple[str, str] | None:
+    """(Secret name, key) of the engine API key: the spec's reference, or the Secret the operator generates.
+
+    None when the LLM takes no key: bedrock (the pods' identity signs requests) and an external server without
+    llm.apiKeySecret (Ollama, LM Studio). A key for an external provider is never generated.
+    """
     ref = spec.llm.api_key_secret
+    if spec.llm.engine == "bedrock":
+        return None
     if ref is not None:
         return ref.name, ref.key
+    if spec.llm.engine == "external":
+        return None
     return f"{owner.name}{API_KEY_SECRET_SUFFIX}", API_KEY_SECRET_KEY
 
 
@@ -351,8 +394,8 @@ class GeneratedSecret:
 def generated_secrets(owner: Owner, spec: VoiceChatSpec) -> list[GeneratedSecret]:
     """Secrets the operator must generate for this spec (none for what the spec references)."""
     wanted = []
-    if spec.llm.api_key_secret is None:
-        name, key = llm_api_key_ref(owner, spec)
+    if spec.llm.api_key_secret is None and (ref := llm_api_key_ref(owner, spec)) is not None:
+        name, key = ref
         wanted.append(GeneratedSecret(name, (key,), LLM))
     if spec.session.resume_key_secret is None:
         # Never rotated by the operator: a new key would orphan every live conversation's resume token.
@@ -398,10 +441,13 @@ def _speech_server_env(spec: VoiceChatSpec) -> list[Obj]:
     return env
 
 
-def _api_key_env(owner: Owner, spec: VoiceChatSpec, variable: str) -> Obj:
+def _api_key_env(owner: Owner, spec: VoiceChatSpec, variable: str) -> list[Obj]:
     # Required (not optional): a pod without the key must not start, rather than run open or fail every call.
-    name, key = llm_api_key_ref(owner, spec)
-    return {"name": variable, "valueFrom": {"secretKeyRef": {"name": name, "key": key}}}
+    ref = llm_api_key_ref(owner, spec)
+    if ref is None:
+        return []
+    name, key = ref
+    return [{"name": variable, "valueFrom": {"secretKeyRef": {"name": name, "key": key}}}]
 
 
 def _pod_template(owner: Owner, spec: VoiceChatSpec, component: str, pod: dict[str, Any]) -> dict[str, Any]:
@@ -439,7 +485,7 @@ def render_llm_deployment(owner: Owner, spec: VoiceChatSpec) -> Obj:
         "env": [
             {"name": "HOME", "value": CACHE_MOUNT},
             *_hugging_face_token(spec),
-            _api_key_env(owner, spec, env_name(LLMSettings, "api_key")),
+            *_api_key_env(owner, spec, env_name(LLMSettings, "api_key")),
             *_env_from_config(owner, llm_settings(owner, spec)),
         ],
         "startupProbe": _http_probe(
@@ -506,7 +552,7 @@ def render_session_deployment(owner: Owner, spec: VoiceChatSpec) -> Obj:
         ],
         "env": [
             {"name": "HOME", "value": CACHE_MOUNT},
-            _api_key_env(owner, spec, env_name(SessionSettings, "llm_api_key")),
+            *_api_key_env(owner, spec, env_name(SessionSettings, "llm_api_key")),
             *_session_auth_env(owner, spec),
             *_speech_server_env(spec),
             *_env_from_config(owner, session_settings(owner, spec)),
@@ -526,7 +572,8 @@ def render_session_deployment(owner: Owner, spec: VoiceChatSpec) -> Obj:
         "secret": {"secretName": resume_secret_name(owner, spec), "defaultMode": 0o440},
     }
     grace = session.drain_seconds + PRESTOP_SECONDS + 10
-    pod = _pod_spec(spec, container, _volumes(owner, SESSION, [resume_key]), grace, session)
+    account = session_name(owner) if wants_service_account(spec) else None
+    pod = _pod_spec(spec, container, _volumes(owner, SESSION, [resume_key]), grace, session, account)
     template = _pod_template(owner, spec, SESSION, pod)
     return _object(
         kinds.DEPLOYMENT,
@@ -537,6 +584,22 @@ def render_session_deployment(owner: Owner, spec: VoiceChatSpec) -> Obj:
             "revisionHistoryLimit": 5,
             "template": template,
         },
+    )
+
+
+def wants_service_account(spec: VoiceChatSpec) -> bool:
+    """Session pods get NAME-session when the spec asks, and always for bedrock (the identity AWS sees)."""
+    return spec.session.service_account is not None or spec.llm.engine == "bedrock"
+
+
+def render_service_account(owner: Owner, spec: VoiceChatSpec) -> Obj:
+    """The session pods' identity: IRSA's role annotation, or the name an EKS Pod Identity association uses."""
+    account = spec.session.service_account
+    annotations = dict(account.annotations) if account is not None else None
+    return _object(
+        kinds.SERVICE_ACCOUNT,
+        _meta(owner, session_name(owner), SESSION, annotations),
+        automountServiceAccountToken=False,
     )
 
 
@@ -683,43 +746,91 @@ def _stt_model_downloads(spec: VoiceChatSpec) -> bool:
     return stt.engine == "faster-whisper" and stt.model is not None and not stt.model.startswith("/")
 
 
-def _speech_server_ports(spec: VoiceChatSpec) -> list[int]:
-    """TCP ports of the remote speech servers the session pods call (anywhere: in the cluster or outside)."""
-    ports = set()
-    for speech in (spec.session.stt, spec.session.tts):
-        if speech.engine == "remote" and speech.url is not None:
-            url = urlsplit(speech.url)
-            ports.add(url.port or (443 if url.scheme == "https" else 80))
-    return sorted(ports)
+# Link-local and the cloud's metadata ranges (instance metadata, the EKS Pod Identity agent) stay closed even
+# where a hosted LLM opens a port to any address; bedrock opens the agent explicitly.
+METADATA_CIDRS = (["169.254.0.0/16"], ["fe80::/10", "fd00:ec2::/32"])
+# The EKS Pod Identity agent (a node-local link address, port 80) hands out the pods' AWS credentials.
+POD_IDENTITY_AGENT = ({"ipBlock": {"cidr": "169.254.170.23/32"}}, {"ipBlock": {"cidr": "fd00:ec2::23/128"}})
+
+
+def url_port(url: str) -> int:
+    """The TCP port of ``url`` (its explicit port, else 443 for https and 80 for http)."""
+    parts = urlsplit(url)
+    return parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def in_cluster_host(url: str) -> bool:
+    """Whether ``url`` may name a Service of this cluster (``svc``, ``svc.ns``, ``….svc[.cluster.local]``).
+
+    A two-label name (``svc.ns``) cannot be told from a domain such as ``example.com``; counting it in only
+    loosens the policy (pods of any namespace on that port), it never blocks the LLM.
+    """
+    host = urlsplit(url).hostname or ""
+    return "." not in host or host.endswith((".svc", ".svc.cluster.local")) or host.count(".") == 1
+
+
+def _anywhere(in_cluster: bool = False) -> list[Obj]:
+    # A hosted LLM has no stable address (a provider's anycast or CDN IPs, a gateway, another cluster's load
+    # balancer): any IPv4/IPv6 address but the metadata service. A Service of this cluster (an Ollama in
+    # another namespace) also gets pods of any namespace, since CNIs disagree on whether ipBlock matches pod IPs;
+    # only then, so a provider's port does not open every pod listening on it.
+    peers: list[Obj] = [
+        {"ipBlock": {"cidr": "0.0.0.0/0", "except": list(METADATA_CIDRS[0])}},
+        {"ipBlock": {"cidr": "::/0", "except": list(METADATA_CIDRS[1])}},
+    ]
+    if in_cluster:
+        peers.append({"namespaceSelector": {}})
+    return peers
+
+
+def _llm_egress(owner: Owner, spec: VoiceChatSpec) -> list[Obj]:
+    llm = spec.llm
+    if llm.engine == "external" and llm.url:
+        to = _anywhere(in_cluster_host(llm.url))
+        return [{"to": to, "ports": [{"protocol": "TCP", "port": url_port(llm.url)}]}]
+    if llm.engine == "bedrock":
+        # Bedrock Runtime and STS (IRSA's AssumeRoleWithWebIdentity) on HTTPS, or the endpoint override's port.
+        ports = sorted({443, url_port(bedrock_endpoint(spec))})
+        return [
+            {"to": _anywhere(), "ports": [{"protocol": "TCP", "port": port} for port in ports]},
+            {"to": list(POD_IDENTITY_AGENT), "ports": [{"protocol": "TCP", "port": 80}]},
+        ]
+    return [
+        {
+            "to": [{"podSelector": {"matchLabels": selector_labels(owner, LLM)}}],
+            "ports": [{"protocol": "TCP", "port": ENGINE_PORT}, {"protocol": "TCP", "port": GATE_PORT}],
+        }
+    ]
 
 
 def render_session_network_policy(owner: Owner, spec: VoiceChatSpec) -> Obj:
     """Session pods: clients in on the session port, Prometheus in; out only to their LLM and to DNS.
 
     A compromised session pod cannot reach other workloads, the cloud metadata endpoint or the internet
-    (except HTTPS when spec.session.stt.model names a hub model the pod downloads at start, and the ports of
-    remote speech servers).
+    (except HTTPS when spec.session.stt.model names a hub model the pod downloads at start, the hosted LLM's
+    port for external and bedrock engines, and the ports of remote speech servers).
     """
     egress: list[Obj] = [
-        {
-            "to": [{"podSelector": {"matchLabels": selector_labels(owner, LLM)}}],
-            "ports": [{"protocol": "TCP", "port": ENGINE_PORT}, {"protocol": "TCP", "port": GATE_PORT}],
-        },
+        *_llm_egress(owner, spec),
         {
             "to": [{"namespaceSelector": {}, "podSelector": {"matchLabels": dict(DNS_POD_LABELS)}}],
             "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
         },
     ]
-    internet_ports = set(_speech_server_ports(spec))
-    if _stt_model_downloads(spec):
-        internet_ports.add(443)
-    if internet_ports:
-        # A server's address is not known here (a hostname, maybe behind a load balancer): its port, anywhere.
+    speech_urls = [s.url for s in (spec.session.stt, spec.session.tts) if s.engine == "remote" and s.url]
+    if speech_urls:
+        # A speech server, like a hosted LLM, has no address known here: its ports, anywhere but metadata.
         egress.append(
             {
-                "to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}],
-                "ports": [{"protocol": "TCP", "port": port} for port in sorted(internet_ports)],
+                "to": _anywhere(any(in_cluster_host(url) for url in speech_urls)),
+                "ports": [
+                    {"protocol": "TCP", "port": port} for port in sorted({url_port(u) for u in speech_urls})
+                ],
             }
+        )
+    if _stt_model_downloads(spec):
+        egress.append(
+            {"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}], "ports": [{"protocol": "TCP", "port": 443}]}
         )
     return _object(
         kinds.NETWORK_POLICY,
@@ -770,11 +881,16 @@ def render_pod_monitor(owner: Owner, spec: VoiceChatSpec) -> Obj:
 
 def render_children(owner: Owner, spec: VoiceChatSpec) -> list[Obj]:
     """Every child of the VoiceChat, in apply order (configuration before the pods that read it)."""
-    children = [
-        render_config_map(owner, spec),
-        render_llm_service(owner, spec),
-        render_network_policy(owner, spec),
-        render_llm_deployment(owner, spec),
+    children = [render_config_map(owner, spec)]
+    if not is_hosted(spec):
+        children += [
+            render_llm_service(owner, spec),
+            render_network_policy(owner, spec),
+            render_llm_deployment(owner, spec),
+        ]
+    if wants_service_account(spec):
+        children.append(render_service_account(owner, spec))  # before the pods that name it
+    children += [
         render_session_service(owner, spec),
         render_metrics_service(owner, spec),
         render_session_network_policy(owner, spec),
@@ -788,5 +904,15 @@ def render_children(owner: Owner, spec: VoiceChatSpec) -> list[Obj]:
 
 
 def absent_children(owner: Owner, spec: VoiceChatSpec) -> list[tuple[kinds.Kind, str]]:
-    """Optional children this spec does not want: they are deleted if they exist."""
-    return [] if spec.monitoring.pod_monitor else [(kinds.POD_MONITOR, owner.name)]
+    """Optional children this spec does not want: they are deleted if they exist (and this VoiceChat owns them).
+
+    A generated LLM API key Secret is not among them: it stays (garbage-collected with the VoiceChat), so
+    switching back to an in-cluster engine reuses the same key.
+    """
+    absent = [] if spec.monitoring.pod_monitor else [(kinds.POD_MONITOR, owner.name)]
+    if is_hosted(spec):
+        name = llm_name(owner)
+        absent += [(kinds.DEPLOYMENT, name), (kinds.SERVICE, name), (kinds.NETWORK_POLICY, name)]
+    if not wants_service_account(spec):
+        absent.append((kinds.SERVICE_ACCOUNT, session_name(owner)))
+    return absent

@@ -37,6 +37,12 @@ class OperatorSettings(BaseSettings):
         60.0, gt=0, description="Longest wait between two retries of a failed apply."
     )
     api_timeout_s: float = Field(30.0, gt=0, description="Timeout of one API request made by the operator.")
+    llm_check_interval_s: float = Field(
+        60.0, gt=0, description="Re-check an external LLM endpoint (GET {url}/models) this often."
+    )
+    llm_check_timeout_s: float = Field(
+        5.0, gt=0, description="Timeout of one external LLM check; past it, LLMReady is False (Unreachable)."
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
 

@@ -7,8 +7,10 @@ server defaulted the object. Checks the schema cannot express live in :func:`par
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
@@ -82,15 +84,35 @@ class ApiKeySecret(SecretKey):
     key: str = Field("api-key", min_length=1)
 
 
+Engine = Literal["vllm", "llamacpp", "external", "bedrock"]
+# Engines served by someone else: no LLM Deployment, Service, NetworkPolicy or generated API key.
+HOSTED_ENGINES: tuple[str, ...] = ("external", "bedrock")
+URL_PATTERN = r"^https?://[^\s/?#]+(/[^\s?#]*)?$"
+# us-east-1, eu-central-2, us-gov-west-1, ap-southeast-4 ...
+REGION_PATTERN = r"^[a-z]{2}(-[a-z]+)+-[0-9]+$"
+
+
+class BedrockSpec(_Model):
+    """Amazon Bedrock: the session pods call ConverseStream with their own (IRSA / Pod Identity) identity."""
+
+    region: str | None = Field(None, pattern=REGION_PATTERN)
+    endpoint_url: str | None = Field(None, pattern=URL_PATTERN)
+
+
 class LLMSpec(_Model):
-    engine: Literal["vllm", "llamacpp"] = "vllm"
-    # None: the LLM service's default for the engine (Llama-3.1-8B-Instruct for vLLM, the embedded GGUF).
+    engine: Engine = "vllm"
+    # vllm/llamacpp: None is the LLM service's default for the engine (Llama-3.1-8B-Instruct for vLLM, the
+    # embedded GGUF). external/bedrock: required, the provider's model name or the Bedrock model id.
     model: str | None = Field(None, min_length=1)
+    # external: the OpenAI-compatible base URL (…/v1) of OpenAI, Ollama, LM Studio, a gateway, vLLM elsewhere.
+    url: str | None = Field(None, pattern=URL_PATTERN)
+    bedrock: BedrockSpec | None = None
     served_model_name: str | None = Field(None, min_length=1)
     image: str | None = Field(None, min_length=1)
     image_pull_policy: PullPolicy = "IfNotPresent"
     hugging_face_token_secret: SecretKey | None = None
-    # None: the operator generates NAME-llm-api-key (see render.llm_api_key_secret).
+    # None: the operator generates NAME-llm-api-key (see render.llm_api_key_secret) for in-cluster engines;
+    # an external server without it is called without a key (Ollama, LM Studio).
     api_key_secret: ApiKeySecret | None = None
     system_prompt: str = Field(DEFAULT_SYSTEM_PROMPT, min_length=1, max_length=65536)
     max_model_len: int = Field(4096, ge=256, le=1048576)
@@ -162,6 +184,12 @@ class SessionAuth(_Model):
     allow_unauthenticated: bool = False
 
 
+class ServiceAccountSpec(_Model):
+    """The session pods' ServiceAccount NAME-session (IRSA: eks.amazonaws.com/role-arn; Pod Identity: none)."""
+
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
 class SessionSpec(_Model):
     image: str | None = Field(None, min_length=1)
     image_pull_policy: PullPolicy = "IfNotPresent"
@@ -179,6 +207,8 @@ class SessionSpec(_Model):
     drain_seconds: int = Field(20, ge=0, le=3600)
     resume_key_secret: ResumeKeySecret | None = None
     auth: SessionAuth = Field(default_factory=SessionAuth)
+    # None: no ServiceAccount of their own (unless llm.engine is bedrock, which needs an identity).
+    service_account: ServiceAccountSpec | None = None
 
 
 class ServiceSpec(_Model):
@@ -205,6 +235,50 @@ class VoiceChatSpec(_Model):
     image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list)
 
 
+def is_hosted(spec: VoiceChatSpec) -> bool:
+    """Whether the LLM is served outside this VoiceChat (no LLM pods of its own)."""
+    return spec.llm.engine in HOSTED_ENGINES
+
+
+# EC2's IPv6 instance metadata and EKS Pod Identity agent addresses (the IPv4 ones are link-local).
+CLOUD_IPV6_METADATA = (ipaddress.ip_address("fd00:ec2::254"), ipaddress.ip_address("fd00:ec2::23"))
+
+
+def _metadata_address(url: str) -> bool:
+    """Whether ``url`` names a link-local or cloud metadata address literally (the operator would probe it)."""
+    host = urlsplit(url).hostname or ""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False  # a name: resolved by the pods and the operator, as any other
+    return address.is_link_local or address in CLOUD_IPV6_METADATA
+
+
+def _engine_problems(llm: LLMSpec) -> list[str]:
+    problems = []
+    if llm.engine in HOSTED_ENGINES and llm.model is None:
+        problems.append(
+            f"llm.engine {llm.engine} needs llm.model (the provider's model name or Bedrock model id)"
+        )
+    if llm.engine == "external" and llm.url is None:
+        problems.append(
+            "llm.engine external needs llm.url (the OpenAI-compatible base URL, e.g. https://…/v1)"
+        )
+    if llm.url is not None and _metadata_address(llm.url):
+        problems.append("llm.url may not be a link-local or cloud metadata address")
+    if llm.engine != "external" and llm.url is not None:
+        problems.append(f"llm.url applies only to llm.engine external, not {llm.engine}")
+    if llm.engine == "bedrock" and (llm.bedrock is None or llm.bedrock.region is None):
+        problems.append("llm.engine bedrock needs llm.bedrock.region (e.g. us-east-1)")
+    if llm.engine != "bedrock" and llm.bedrock is not None:
+        problems.append(f"llm.bedrock applies only to llm.engine bedrock, not {llm.engine}")
+    if llm.engine == "bedrock" and llm.api_key_secret is not None:
+        problems.append(
+            "llm.apiKeySecret does not apply to bedrock: the session pods' identity signs the calls"
+        )
+    return problems
+
+
 def _cross_field_problems(name: str, spec: VoiceChatSpec) -> list[str]:
     problems = []
     if len(name) > MAX_NAME_LENGTH:
@@ -226,6 +300,9 @@ def _cross_field_problems(name: str, spec: VoiceChatSpec) -> list[str]:
             f"session.maxSessionsPerPod ({session.max_sessions_per_pod}): pods refuse sessions before the "
             "autoscaler reacts"
         )
+    problems += _engine_problems(llm)
+    if llm.engine in HOSTED_ENGINES:
+        return problems  # the rest concerns LLM pods, which hosted engines do not have
     if llm.startup_budget_seconds < llm.warmup_timeout_seconds:
         problems.append(
             f"llm.startupBudgetSeconds ({llm.startup_budget_seconds}) is less than llm.warmupTimeoutSeconds "

@@ -6,6 +6,8 @@ import datetime
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from voicechat_operator.probe import CheckResult
+
 LLM_READY = "LLMReady"
 SESSIONS_READY = "SessionsReady"
 READY = "Ready"
@@ -50,6 +52,36 @@ def llm_condition(deployment: Mapping[str, Any] | None, generation: int | None) 
         )
     reason = "AllReplicasWarm" if ready >= desired else "SomeReplicasWarm"
     return condition(LLM_READY, True, reason, f"{ready}/{desired} LLM pods warm", generation)
+
+
+def external_llm_condition(check: CheckResult | None, generation: int | None) -> Obj:
+    """LLMReady of an external engine: what the operator's last ``GET {url}/models`` found."""
+    if check is None:
+        return condition(
+            LLM_READY, False, "NotChecked", "the operator has not checked the endpoint yet", generation
+        )
+    return condition(LLM_READY, check.ok, check.reason, check.message, generation)
+
+
+def bedrock_llm_condition(session_deployment: Mapping[str, Any] | None, generation: int | None) -> Obj:
+    """LLMReady of bedrock: the session pods' readiness, which includes a one-token Bedrock call they make.
+
+    The operator cannot check Bedrock itself: the calls are signed with the session pods' identity (IRSA /
+    EKS Pod Identity on NAME-session), which the operator does not have.
+    """
+    ready, desired = _replicas(session_deployment)
+    how = "the check is the session pods' own (a one-token Bedrock ConverseStream call with their identity)"
+    if ready == 0:
+        return condition(
+            LLM_READY, False, "NoReadySessionPods", f"0/{desired} session pods passed it; {how}", generation
+        )
+    return condition(
+        LLM_READY,
+        True,
+        "SessionPodsReachBedrock",
+        f"{ready}/{desired} session pods passed it; {how}",
+        generation,
+    )
 
 
 def sessions_condition(deployment: Mapping[str, Any] | None, generation: int | None) -> Obj:
@@ -105,26 +137,61 @@ def build_status(
     endpoints: Mapping[str, str] | None,
     problem: tuple[str, str] | None,
     previous: Mapping[str, Any] | None,
+    engine: str | None = None,
+    llm_check: CheckResult | None = None,
 ) -> Obj:
-    """The whole status subresource for one observation."""
-    llm = llm_condition(llm_deployment, generation)
+    """The whole status subresource for one observation.
+
+    ``engine`` is the spec's llm.engine (None when the spec is invalid: the LLM Deployment is what is known);
+    ``llm_check`` the operator's last check of an external engine.
+    """
+    if engine == "external":
+        llm = external_llm_condition(llm_check, generation)
+    elif engine == "bedrock":
+        llm = bedrock_llm_condition(session_deployment, generation)
+    else:
+        llm = llm_condition(llm_deployment, generation)
     sessions = sessions_condition(session_deployment, generation)
     ready = ready_condition(llm, sessions, problem, generation)
     llm_ready, llm_desired = _replicas(llm_deployment)
     sessions_ready, sessions_desired = _replicas(session_deployment)
+    llm_status: Obj = {"readyReplicas": llm_ready, "desiredReplicas": llm_desired}
+    if engine == "external" and llm_check is not None:
+        if llm_check.latency_ms is not None:
+            llm_status["checkLatencyMs"] = llm_check.latency_ms
+        if llm_check.checked_at is not None:
+            llm_status["lastCheckTime"] = llm_check.checked_at
     status: Obj = {
         "conditions": carry_transition_times([llm, sessions, ready], (previous or {}).get("conditions")),
-        "llm": {"readyReplicas": llm_ready, "desiredReplicas": llm_desired},
+        "llm": llm_status,
         "sessions": {"readyReplicas": sessions_ready, "desiredReplicas": sessions_desired},
     }
     if generation is not None:
         status["observedGeneration"] = generation
     if endpoints is not None:
         status["endpoints"] = dict(endpoints)
+    return _clear_dropped_fields(status, previous)
+
+
+def _clear_dropped_fields(status: Obj, previous: Mapping[str, Any] | None) -> Obj:
+    """Null the stored sub-fields ``status`` no longer has (endpoints.warmup after a switch to a hosted LLM).
+
+    The status is written as a JSON merge patch, which keeps every field it does not mention; null removes one.
+    """
+    for key in ("llm", "endpoints"):
+        old, new = (previous or {}).get(key), status.get(key)
+        if isinstance(old, Mapping) and isinstance(new, dict):
+            new.update({field: None for field in old if field not in new})
     return status
+
+
+def _without_nulls(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    return value
 
 
 def status_changed(new: Mapping[str, Any], old: Mapping[str, Any] | None) -> bool:
     """Whether writing ``new`` would change anything the operator owns in the stored status."""
     old = old or {}
-    return any(old.get(key) != value for key, value in new.items())
+    return any(_without_nulls(old.get(key)) != _without_nulls(value) for key, value in new.items())

@@ -18,7 +18,10 @@ import yaml
 
 from tests.support.cluster_operator import OperatorProcess, assert_compact_quiet_logs, container_env
 from tests.support.control_plane import ApiError, ControlPlane, wait_for
+from tests.support.fake_llm import FakeLLM
+from tests.support.fake_service import threaded_fake_llm
 from tests.support.kube_schema import minimal_voicechat
+from voicechat_common.localstack import free_port
 from voicechat_operator import kinds
 from voicechat_operator.render import CONFIG_HASH_ANNOTATION, Owner, render_children
 from voicechat_operator.spec import parse_spec
@@ -39,6 +42,7 @@ CHILDREN = [
     (kinds.HPA, "demo-session"),
     (kinds.PDB, "demo-session"),
 ]
+LLM_CHECK_INTERVAL_S = 3
 # What kopf retries a failed handler after (its default backoff): a spec edit must not wait for it.
 KOPF_RETRY_S = 60
 POD_MONITOR_CRD: dict[str, Any] = {
@@ -77,7 +81,12 @@ def operator(control_plane: ControlPlane, artifacts_dir: Path) -> Iterator[Opera
         artifacts_dir / "cluster",
         namespace=deployment["metadata"]["namespace"],
         service_account=deployment["spec"]["template"]["spec"]["serviceAccountName"],
-        env=container_env(deployment),
+        # External LLM endpoints are re-checked every few seconds here (60 s by default), so a fixed Secret
+        # shows in the status within a test's patience.
+        env={
+            **container_env(deployment),
+            "VOICECHAT_OPERATOR_LLM_CHECK_INTERVAL_S": str(LLM_CHECK_INTERVAL_S),
+        },
     )
     process.start()
     yield process
@@ -453,6 +462,186 @@ def test_a_restart_writes_nothing_and_repairs_what_changed_meanwhile(
         what="the old kopf-timer finalizer removed",
         within=30,
     )
+
+
+def _named_condition(kube: Any, name: str, type_: str) -> dict[str, Any]:
+    obj = kube.get(kinds.VOICECHAT.path(NS, name)) or {}
+    return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == type_), {})
+
+
+def _wait_condition(kube: Any, name: str, type_: str, status: str, reason: str, within: float = 60) -> Any:
+    return wait_for(
+        lambda: (
+            (cond := _named_condition(kube, name, type_)).get("status") == status
+            and cond.get("reason") == reason
+            and cond
+        ),
+        what=f"{name} {type_}={status} ({reason}); now {_named_condition(kube, name, type_)}",
+        within=within,
+    )
+
+
+def _secret(name: str, key: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": NS},
+        "stringData": {"api-key": key},
+    }
+
+
+def _hosted_voicechat(
+    name: str, llm: dict[str, Any], session: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    body = minimal_voicechat(NS)
+    body["metadata"]["name"] = name
+    body["spec"] = {"llm": llm, "session": {"minReplicas": 1, "maxReplicas": 2, **(session or {})}}
+    return body
+
+
+def _delete_voicechat(kube: Any, name: str) -> None:
+    kube.delete(kinds.VOICECHAT.path(NS, name))
+    wait_for(lambda: kube.get(kinds.VOICECHAT.path(NS, name)) is None, what=f"{name} deleted", within=30)
+
+
+def test_an_external_llm_voicechat_is_ready_without_llm_pods(operator: OperatorProcess, kube: Any) -> None:
+    """Against a local OpenAI-compatible stand-in with an API key; then to llama.cpp and back."""
+    name = "ext"
+    with threaded_fake_llm(FakeLLM(api_key="sk-cluster-test")) as url:
+        kube.create(f"/api/v1/namespaces/{NS}/secrets", _secret("ext-provider", "sk-cluster-test"))
+        llm = {
+            "engine": "external",
+            "url": url,
+            "model": "fake-model",
+            "apiKeySecret": {"name": "ext-provider"},
+        }
+        kube.create(kinds.VOICECHAT.path(NS), _hosted_voicechat(name, llm))
+        ready = _wait_condition(kube, name, "Ready", "True", "Ready", within=90)
+        assert "HTTP 200" in ready["message"]
+        status = kube.must_get(kinds.VOICECHAT.path(NS, name))["status"]
+        assert _named_condition(kube, name, "LLMReady")["reason"] == "EndpointReachable"
+        assert isinstance(status["llm"]["checkLatencyMs"], int)
+        assert status["endpoints"]["llm"] == url
+        assert "warmup" not in status["endpoints"]
+        for kind in (kinds.DEPLOYMENT, kinds.SERVICE, kinds.NETWORK_POLICY):
+            assert child(kube, kind, "ext-llm") is None
+        assert child(kube, kinds.SECRET, "ext-llm-api-key") is None  # never generated for a provider
+        pod = kube.must_get(kinds.DEPLOYMENT.path(NS, "ext-session"))["spec"]["template"]["spec"]
+        env = {e["name"]: e for e in pod["containers"][0]["env"]}
+        assert env["VOICECHAT_SESSION_LLM_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "ext-provider"
+        config = kube.must_get(kinds.CONFIG_MAP.path(NS, "ext-config"))["data"]
+        assert (config["VOICECHAT_SESSION_LLM_PROVIDER"], config["VOICECHAT_SESSION_LLM_URL"]) == (
+            "openai",
+            url,
+        )
+        assert "VOICECHAT_SESSION_LLM_WARMUP_URL" not in config
+        policy = kube.must_get(kinds.NETWORK_POLICY.path(NS, "ext-session"))
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        assert any(p["port"] == port for rule in policy["spec"]["egress"] for p in rule["ports"])
+
+        # To an in-cluster engine: its LLM objects appear (and LLMReady follows the LLM Deployment) ...
+        in_cluster = {"engine": "llamacpp", "url": None, "apiKeySecret": None, "gpu": {"count": 0}}
+        kube.merge_patch(kinds.VOICECHAT.path(NS, name), {"spec": {"llm": in_cluster}})
+        wait_for(lambda: child(kube, kinds.DEPLOYMENT, "ext-llm"), what="ext-llm Deployment", within=30)
+        warm = _wait_condition(kube, name, "LLMReady", "True", "AllReplicasWarm", within=90)
+        assert "LLM pods warm" in warm["message"]
+        # ... and back: they go again.
+        kube.merge_patch(kinds.VOICECHAT.path(NS, name), {"spec": {"llm": llm}})
+        wait_for(
+            lambda: all(
+                child(kube, k, "ext-llm") is None
+                for k in (kinds.DEPLOYMENT, kinds.SERVICE, kinds.NETWORK_POLICY)
+            ),
+            what="ext-llm Deployment, Service and NetworkPolicy deleted",
+            within=30,
+        )
+        _wait_condition(kube, name, "LLMReady", "True", "EndpointReachable")
+    _delete_voicechat(kube, name)
+    kube.delete(f"/api/v1/namespaces/{NS}/secrets/ext-provider")
+
+
+def test_bad_external_config_gives_a_clear_condition(operator: OperatorProcess, kube: Any) -> None:
+    name = "ext-bad"
+    with threaded_fake_llm(FakeLLM(api_key="sk-right")) as url:
+        llm = {
+            "engine": "external",
+            "url": url,
+            "model": "fake-model",
+            "apiKeySecret": {"name": "ext-bad-key"},
+        }
+        kube.create(kinds.VOICECHAT.path(NS), _hosted_voicechat(name, llm))
+        missing = _wait_condition(kube, name, "LLMReady", "False", "SecretMissing")
+        assert "Secret ext-bad-key does not exist" in missing["message"]
+        assert _named_condition(kube, name, "Ready")["reason"] == "LLMNotReady"
+        # The operator does not watch Secrets: its periodic check sees the new one.
+        kube.create(f"/api/v1/namespaces/{NS}/secrets", _secret("ext-bad-key", "sk-wrong"))
+        refused = _wait_condition(kube, name, "LLMReady", "False", "Unauthorized", within=30)
+        assert "HTTP 401" in refused["message"]
+        kube.merge_patch(
+            f"/api/v1/namespaces/{NS}/secrets/ext-bad-key", {"stringData": {"api-key": "sk-right"}}
+        )
+        _wait_condition(kube, name, "LLMReady", "True", "EndpointReachable", within=30)
+    # The server is gone: the next check says so, and the operator keeps running.
+    _wait_condition(kube, name, "LLMReady", "False", "Unreachable", within=30)
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    kube.merge_patch(kinds.VOICECHAT.path(NS, name), {"spec": {"llm": {"url": dead}}})
+    unreachable = wait_for(
+        lambda: dead in (cond := _named_condition(kube, name, "LLMReady")).get("message", "") and cond,
+        what="the new URL checked",
+        within=30,
+    )
+    assert unreachable["reason"] == "Unreachable"
+    assert operator.process is not None
+    assert operator.process.poll() is None
+    _delete_voicechat(kube, name)
+    kube.delete(f"/api/v1/namespaces/{NS}/secrets/ext-bad-key")
+
+
+def test_a_bedrock_voicechat_uses_its_service_account_and_the_session_pods_check(
+    operator: OperatorProcess, kube: Any
+) -> None:
+    """Rendering and status on the control plane. The test kubelet runs no containers, so the session pods'
+    own Bedrock check (their readiness) is what the kubelet reports, not a call to a Bedrock stand-in."""
+    name = "brock"
+    role = "arn:aws:iam::111122223333:role/voicechat-bedrock"
+    llm = {"engine": "bedrock", "model": "meta.llama3-1-8b-instruct-v1:0", "bedrock": {"region": "us-east-1"}}
+    session = {"serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": role}}}
+    kube.create(kinds.VOICECHAT.path(NS), _hosted_voicechat(name, llm, session))
+    _wait_condition(kube, name, "Ready", "True", "Ready", within=90)
+    llm_ready = _named_condition(kube, name, "LLMReady")
+    assert llm_ready["reason"] == "SessionPodsReachBedrock"
+    assert "session pods" in llm_ready["message"]
+    account = kube.must_get(kinds.SERVICE_ACCOUNT.path(NS, "brock-session"))
+    assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"] == role
+    assert account["automountServiceAccountToken"] is False
+    pods = kube.must_get(f"/api/v1/namespaces/{NS}/pods?labelSelector=app.kubernetes.io/instance%3Dbrock")
+    assert pods["items"]
+    for pod in pods["items"]:
+        assert pod["spec"]["serviceAccountName"] == "brock-session"
+        env = {e["name"] for e in pod["spec"]["containers"][0]["env"]}
+        assert not any(v.startswith("AWS_SECRET") or v.startswith("AWS_ACCESS") for v in env)
+    config = kube.must_get(kinds.CONFIG_MAP.path(NS, "brock-config"))["data"]
+    assert config["VOICECHAT_SESSION_LLM_PROVIDER"] == "bedrock"
+    assert config["VOICECHAT_SESSION_BEDROCK_REGION"] == "us-east-1"
+    assert child(kube, kinds.DEPLOYMENT, "brock-llm") is None
+    _delete_voicechat(kube, name)
+
+
+@pytest.mark.parametrize(
+    ("llm", "needle"),
+    [
+        ({"engine": "external", "model": "m"}, "llm.engine external needs llm.url and llm.model"),
+        ({"engine": "bedrock", "model": "m"}, "llm.engine bedrock needs llm.model and llm.bedrock.region"),
+        ({"engine": "bedrock", "bedrock": {"region": "us-east-1"}}, "needs llm.model"),
+    ],
+)
+def test_the_api_server_refuses_incomplete_hosted_engines(
+    operator: OperatorProcess, kube: Any, llm: dict[str, Any], needle: str
+) -> None:
+    with pytest.raises(ApiError) as err:
+        kube.create(kinds.VOICECHAT.path(NS), _hosted_voicechat("refused", llm))
+    assert err.value.status == 422
+    assert needle in str(err.value)
 
 
 EXAMPLES = sorted((REPO_ROOT / "operator" / "examples").glob("*.yaml"))

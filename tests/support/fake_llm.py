@@ -50,6 +50,10 @@ class FakeLLM:
     """Most streams open at once."""
     stream_cut: asyncio.Event = field(default_factory=asyncio.Event)
     """Set when a stream ends before its last token."""
+    api_key: str | None = None
+    """When set, every request needs ``Authorization: Bearer <api_key>`` (else 401, as OpenAI answers)."""
+    model: str = MODEL
+    """The one model ``/v1/models`` lists."""
 
     def reply_for(self, messages: list[dict[str, str]]) -> str:
         last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
@@ -60,10 +64,20 @@ class FakeLLM:
         return self.reply
 
     def app(self) -> Starlette:
-        async def models(_request: Request) -> Response:
-            return JSONResponse({"object": "list", "data": [{"id": MODEL, "object": "model"}]})
+        def refused(request: Request) -> Response | None:
+            if self.api_key is None or request.headers.get("authorization") == f"Bearer {self.api_key}":
+                return None
+            error = {"message": "Incorrect API key provided", "type": "invalid_request_error"}
+            return JSONResponse({"error": error}, status_code=401)
+
+        async def models(request: Request) -> Response:
+            if (refusal := refused(request)) is not None:
+                return refusal
+            return JSONResponse({"object": "list", "data": [{"id": self.model, "object": "model"}]})
 
         async def chat(request: Request) -> Response:
+            if (refusal := refused(request)) is not None:
+                return refusal
             body = await request.json()
             self.requests.append(body)
             if self.mode == "http_503":

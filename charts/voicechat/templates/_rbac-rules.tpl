@@ -16,14 +16,18 @@ are derived from its code and kopf's needs. tests/chart/test_rbac.py fails when 
 - apiGroups: ["voicechat.io"]
   resources: ["voicechats/finalizers"]
   verbs: ["update"]
-# Children, written by server-side apply (create + patch) and watched for drift; never deleted but the
-# optional PodMonitor (garbage collection removes the rest through owner references).
+# Children, written by server-side apply (create + patch) and watched for drift. Deleted only when a spec
+# stops wanting them: the PodMonitor, the session ServiceAccount, and the NAME-llm Deployment, Service and
+# NetworkPolicy when the LLM moves to a hosted engine (garbage collection removes the rest).
 - apiGroups: [""]
-  resources: ["configmaps", "services"]
+  resources: ["configmaps"]
   verbs: ["get", "list", "watch", "create", "patch"]
+- apiGroups: [""]
+  resources: ["serviceaccounts", "services"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["autoscaling"]
   resources: ["horizontalpodautoscalers"]
   verbs: ["get", "list", "watch", "create", "patch"]
@@ -32,12 +36,13 @@ are derived from its code and kopf's needs. tests/chart/test_rbac.py fails when 
   verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
-  verbs: ["get", "list", "watch", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["monitoring.coreos.com"]
   resources: ["podmonitors"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # Secrets the operator generates once per VoiceChat (the LLM API key): read, created when absent, missing
-# keys added. Never listed or watched, so it cannot enumerate the namespace's Secrets.
+# keys added; and the referenced key of an external LLM, read by name to check the endpoint. Never listed or
+# watched, so it cannot enumerate the namespace's Secrets.
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "create", "patch"]
