@@ -12,12 +12,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from pydantic import ValidationError
 
+from tests.conftest import REPO_ROOT
 from tests.support.abuse import wait_until
 from tests.support.bedrock_standin import BedrockStandIn, Reply
 from tests.support.session_app import SCRIPT, InProcessService, metric, session_app
 from tests.support.ws_client import VoiceChatClient
+from voicechat_operator.env import env_name
+from voicechat_operator.render import Owner, render_config_map
+from voicechat_operator.spec import parse_spec
 from voicechat_session.backends.fake import utterance_tone
 from voicechat_session.bedrock import converse_request, map_error
 from voicechat_session.history import ChatMessage
@@ -335,3 +340,30 @@ async def test_unknown_model_is_reported(standin: BedrockStandIn) -> None:
 def test_throttled_is_an_llm_error() -> None:
     """A throttled reply is handled wherever LLM errors are (the reply pipeline catches LLMError)."""
     assert issubclass(LLMThrottled, LLMError)
+
+
+# --- what the operator renders ----------------------------------------------------------------------------
+async def test_the_operators_bedrock_settings_drive_the_session_service(standin: BedrockStandIn) -> None:
+    """The session settings the operator renders for an `engine: bedrock` VoiceChat (its ConfigMap, read by the
+    pods as environment) are enough for the service to answer through Bedrock: no LLM URL, no warm-up report."""
+    raw = yaml.safe_load((REPO_ROOT / "operator" / "examples" / "voicechat-bedrock.yaml").read_text())
+    raw["spec"]["llm"] |= {"model": MODEL, "bedrock": {"region": REGION, "endpointUrl": standin.url}}
+    owner = Owner(name="bedrock-demo", namespace="default", uid="u")
+    config = render_config_map(owner, parse_spec("bedrock-demo", raw["spec"]))["data"]
+    rendered = {
+        name: config[env_name(SessionSettings, name)]
+        for name in SessionSettings.model_fields
+        if name.startswith(("llm_", "bedrock_")) and env_name(SessionSettings, name) in config
+    }
+    assert rendered == {
+        "llm_provider": "bedrock",
+        "llm_model": MODEL,
+        "bedrock_region": REGION,
+        "bedrock_endpoint_url": standin.url,
+    }
+    async with session_app(**rendered) as service, VoiceChatClient.connect(service.ws_url) as client:
+        await client.send({"type": "text", "text": "Where is Paris?"})
+        turn = await client.wait_turn(timeout_s=20)
+        assert turn.assistant_final == REPLY
+        assert standin.model_ids[-1] == MODEL
+        assert client.errors() == []
