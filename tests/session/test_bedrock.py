@@ -192,6 +192,7 @@ async def test_throttling_is_an_error_event_and_the_session_goes_on(standin: Bed
         await client.send({"type": "text", "text": "Are you there?"})
         error = await client.wait_for("error", timeout_s=10)
         assert (error["code"], error["fatal"]) == ("llm_throttled", False)
+        assert error["message"].startswith("the language model is busy")
         turn = await client.wait_turn(timeout_s=10)
         assert turn.assistant_final is None
         # No retries behind the user's back: a voice turn reports the refusal at once.

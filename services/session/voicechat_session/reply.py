@@ -43,6 +43,7 @@ ReplyEvent = TranscriptMessage | AssistantMessage
 LLM_ERROR_TEXT: dict[ErrorCode, str] = {
     "llm_unavailable": "the language model is unavailable; try again shortly",
     "llm_timeout": "the language model took too long to answer",
+    "llm_throttled": "the language model is busy (its provider's rate limit); try again in a moment",
     "llm_error": "the language model failed to answer",
 }
 
