@@ -17,7 +17,7 @@ from playwright.sync_api import Page, expect
 
 from tests.support.browser import PageLog
 from tests.support.fake_llm import FakeLLM
-from tests.support.fake_service import base_url, fake_session_process, threaded_fake_llm
+from tests.support.fake_service import base_url, running_fake_session
 from voicechat_common.localstack import ManagedProcess
 
 pytestmark = pytest.mark.browser
@@ -34,14 +34,8 @@ def llm() -> FakeLLM:
 
 @pytest.fixture
 def pod(llm: FakeLLM, tmp_path: Path) -> Iterator[ManagedProcess]:
-    with threaded_fake_llm(llm) as api_url:
-        process = fake_session_process(api_url, tmp_path, "browser", resume_key=KEY, drain_grace_s=10)
-        process.start()
-        try:
-            process.wait_ready(60)
-            yield process
-        finally:
-            process.stop()
+    with running_fake_session(llm, tmp_path, "browser", resume_key=KEY, drain_grace_s=10) as process:
+        yield process
 
 
 def wait_until(page: Page, expression: str, timeout_s: float = 20) -> None:

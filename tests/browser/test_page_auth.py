@@ -17,7 +17,7 @@ from playwright.sync_api import Page, Route, expect
 
 from tests.support.browser import PageLog
 from tests.support.fake_llm import FakeLLM
-from tests.support.fake_service import base_url, fake_session_process, threaded_fake_llm
+from tests.support.fake_service import base_url, running_fake_session
 from voicechat_common.localstack import ManagedProcess
 from voicechat_session.auth import mint_token
 
@@ -36,14 +36,8 @@ def llm() -> FakeLLM:
 
 @pytest.fixture
 def pod(llm: FakeLLM, tmp_path: Path) -> Iterator[ManagedProcess]:
-    with threaded_fake_llm(llm) as api_url:
-        process = fake_session_process(api_url, tmp_path, "auth", auth_key=KEY, auth_token_url=TOKEN_PATH)
-        process.start()
-        try:
-            process.wait_ready(60)
-            yield process
-        finally:
-            process.stop()
+    with running_fake_session(llm, tmp_path, "auth", auth_key=KEY, auth_token_url=TOKEN_PATH) as process:
+        yield process
 
 
 def backend(key: str, requests: list[str], status: int = 200) -> Callable[[Route], None]:

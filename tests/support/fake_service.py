@@ -92,3 +92,18 @@ def threaded_fake_llm(llm: FakeLLM, startup_timeout_s: float = 30.0) -> Iterator
         loop.call_soon_threadsafe(stop.set)
         thread.join(15.0)
         loop.close()
+
+
+@contextlib.contextmanager
+def running_fake_session(
+    llm: FakeLLM, log_dir: Path, name: str, *, ready_timeout_s: float = 60.0, **settings: Any
+) -> Iterator[ManagedProcess]:
+    """A started :func:`fake_session_process` answering with ``llm`` (served on its own thread), stopped after."""
+    with threaded_fake_llm(llm) as api_url:
+        process = fake_session_process(api_url, log_dir, name, **settings)
+        process.start()
+        try:
+            process.wait_ready(ready_timeout_s)
+            yield process
+        finally:
+            process.stop()
