@@ -142,11 +142,12 @@ class SessionSettings(BaseSettings):
         description="remote STT/TTS: connect timeout, and longest wait for the next bytes of an answer.",
     )
     tts_model_path: Path | None = Field(None, description="Kokoro ONNX model (default: embedded int8 model).")
-    tts_conv: Literal["auto", "int8", "float"] = Field(
+    tts_conv: Literal["auto", "int8", "gemm", "float"] = Field(
         "auto",
-        description="kokoro-onnx: run the quantized model's convolutions as integer (`int8`) or float (`float`) "
-        "kernels; `auto` times both at load and keeps the faster (on some CPUs ONNX Runtime's ConvInteger is "
-        "several times slower than a float convolution).",
+        description="kokoro-onnx: run the quantized model's convolutions as ONNX Runtime's ConvInteger (`int8`), "
+        "as im2col + MatMulInteger (`gemm`, exact, uses VNNI/AMX where the CPU has them) or as float Conv "
+        "(`float`); `auto` times them once per machine and keeps the fastest (ConvInteger is several times "
+        "slower than the others on some CPUs).",
     )
     tts_voices_path: Path | None = Field(
         None, description="Kokoro voices .npz/.bin (default: embedded voices)."

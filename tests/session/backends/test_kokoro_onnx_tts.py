@@ -5,6 +5,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from voicechat_session.audio import resample
 from voicechat_session.backends.base import STT_SAMPLE_RATE, TTS_SAMPLE_RATE
 from voicechat_session.backends.faster_whisper_stt import FasterWhisperSTT
 from voicechat_session.backends.kokoro_onnx_tts import KokoroOnnxOptions, KokoroOnnxTTS, execution_providers
-from voicechat_session.backends.onnx_float_conv import float_conv_model
+from voicechat_session.backends.onnx_conv import rewritten_model
 from voicechat_session.settings import SessionSettings
 
 pytestmark = pytest.mark.models
@@ -114,17 +115,21 @@ def test_cuda_needs_the_gpu_build_of_onnxruntime() -> None:
         execution_providers("cuda", ["CPUExecutionProvider"])
 
 
-def test_float_convolutions_speak_as_the_integer_ones(
-    tts: KokoroOnnxTTS, stt: FasterWhisperSTT, settings: SessionSettings
+@pytest.mark.parametrize("variant", ["gemm", "float"])
+def test_rewritten_convolutions_speak_as_the_integer_ones(
+    tts: KokoroOnnxTTS, stt: FasterWhisperSTT, settings: SessionSettings, variant: Literal["gemm", "float"]
 ) -> None:
     quantized = KokoroOnnxTTS(KokoroOnnxOptions.from_settings(settings))
-    float_path = float_conv_model(quantized.options.model_path, settings.model_cache_dir)
-    assert float_path is not None
-    floats = KokoroOnnxTTS(replace(quantized.options, model_path=float_path))
+    path = rewritten_model(quantized.options.model_path, settings.model_cache_dir, variant)
+    assert path is not None
+    variant_tts = KokoroOnnxTTS(replace(quantized.options, model_path=path))
     text = "Please tell me a short story about a cat."
-    reference, rewritten = (t.synthesize(text, "jf_alpha", 1.0) for t in (quantized, floats))
-    # The same integer convolutions: the same durations and, within float rounding, the same waveform.
+    reference, rewritten = (t.synthesize(text, "jf_alpha", 1.0) for t in (quantized, variant_tts))
+    # The same integer sums: the same durations and the same waveform (float: within float rounding).
     assert abs(reference.size - rewritten.size) <= TTS_SAMPLE_RATE // 100
     n = min(reference.size, rewritten.size)
+    if variant == "gemm":
+        assert reference.size == rewritten.size
+        assert float(np.abs(reference - rewritten).max()) < 1e-4
     assert float(np.corrcoef(reference[:n], rewritten[:n])[0, 1]) > 0.98
     assert hear(stt, rewritten) == words(text)

@@ -108,16 +108,20 @@ def test_auto_convolutions_are_measured_once_per_machine_and_recorded(
     measured = [r for r in caplog.records if r.getMessage() == "tts convolutions chosen by measurement"]
     assert len(measured) == 1  # the second load read the recorded choice
     chosen = measured[0].__dict__["tts_conv"]
-    assert chosen in ("int8", "float")
+    assert chosen in ("int8", "gemm", "float")
     assert isinstance(first, KokoroOnnxTTS)
     assert isinstance(second, KokoroOnnxTTS)
     assert first.options.model_path == second.options.model_path
-    assert first.options.model_path.name.endswith(".floatconv.onnx") == (chosen == "float")
+    expected_name = KOKORO_MODEL_NAME if chosen == "int8" else f".{chosen}conv.onnx"
+    assert first.options.model_path.name.endswith(expected_name)
     (entry,) = json.loads((cache / CONV_CHOICES_FILE).read_text()).values()
     assert entry["choice"] == chosen
-    assert set(entry["phrase_s"]) == {"int8", "float"}
+    assert set(entry["phrase_s"]) == {"int8", "gemm", "float"}
     assert min(entry["phrase_s"].values()) == entry["phrase_s"][chosen]
     # Explicit settings are obeyed without measuring.
     explicit = load_tts(auto.model_copy(update={"tts_conv": "int8"}))
     assert isinstance(explicit, KokoroOnnxTTS)
     assert explicit.options.model_path.name == KOKORO_MODEL_NAME
+    gemm = load_tts(auto.model_copy(update={"tts_conv": "gemm"}))
+    assert isinstance(gemm, KokoroOnnxTTS)
+    assert gemm.options.model_path.name.endswith(".gemmconv.onnx")

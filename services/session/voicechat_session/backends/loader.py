@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import ParamSpec, Protocol, TypeVar
+from typing import Literal, ParamSpec, Protocol, TypeVar
 
 import numpy as np
 
@@ -129,6 +129,7 @@ def _check_default_voice(settings: SessionSettings, voices: list[str]) -> None:
 
 CONV_CALIBRATION_TEXT = "The capital of France is Paris."
 CONV_CHOICES_FILE = "tts-conv-choices.json"
+CONV_REWRITES: tuple[Literal["float", "gemm"], ...] = ("gemm", "float")
 
 
 def _load_kokoro_onnx(settings: SessionSettings) -> TextToSpeech:
@@ -137,28 +138,37 @@ def _load_kokoro_onnx(settings: SessionSettings) -> TextToSpeech:
     options = KokoroOnnxOptions.from_settings(settings, threads=threads_per_call(settings))
     if settings.tts_conv == "int8":
         return KokoroOnnxTTS(options)
-    from voicechat_session.backends.onnx_float_conv import float_conv_model
+    from voicechat_session.backends.onnx_conv import rewritten_model
 
-    float_path = float_conv_model(options.model_path, settings.model_cache_dir)
-    if float_path is None:  # nothing quantized to replace (e.g. a float model in tts_model_path)
+    variants: dict[str, KokoroOnnxOptions] = {"int8": options}
+    for variant in CONV_REWRITES if settings.tts_conv == "auto" else (settings.tts_conv,):
+        path = rewritten_model(options.model_path, settings.model_cache_dir, variant)
+        if path is not None:  # None: nothing quantized to replace (e.g. a float model in tts_model_path)
+            variants[variant] = replace(options, model_path=path)
+    if settings.tts_conv != "auto":
+        return KokoroOnnxTTS(variants.get(settings.tts_conv, options))
+    if len(variants) == 1:
         return KokoroOnnxTTS(options)
-    float_options = replace(options, model_path=float_path)
-    if settings.tts_conv == "float":
-        return KokoroOnnxTTS(float_options)
     choices = ConvChoices(settings.model_cache_dir / CONV_CHOICES_FILE)
-    key = ConvChoices.key(options.model_path, options.threads)
+    key = ConvChoices.key(options.model_path, options.threads, list(variants))
     chosen = choices.get(key)
-    if chosen is not None:
-        return KokoroOnnxTTS(float_options if chosen == "float" else options)
-    candidates = {"int8": KokoroOnnxTTS(options), "float": KokoroOnnxTTS(float_options)}
-    seconds = {name: _phrase_seconds(tts, settings) for name, tts in candidates.items()}
-    chosen = min(seconds, key=lambda name: seconds[name])
+    if chosen in variants:
+        return KokoroOnnxTTS(variants[chosen])
+    seconds: dict[str, float] = {}
+    fastest: tuple[str, TextToSpeech] | None = None
+    for name, variant_options in variants.items():
+        # One candidate held besides the fastest so far: the float variant alone has ~250 MB of weights.
+        candidate = KokoroOnnxTTS(variant_options)
+        seconds[name] = _phrase_seconds(candidate, settings)
+        if fastest is None or seconds[name] < seconds[fastest[0]]:
+            fastest = (name, candidate)
+    chosen, tts = fastest or ("int8", KokoroOnnxTTS(options))
     choices.put(key, chosen, seconds)
     log.info(
         "tts convolutions chosen by measurement",
         extra={"tts_conv": chosen, **{f"{name}_phrase_s": round(s, 3) for name, s in seconds.items()}},
     )
-    return candidates[chosen]
+    return tts
 
 
 class ConvChoices:
@@ -170,10 +180,14 @@ class ConvChoices:
         self.path = path
 
     @staticmethod
-    def key(model: Path, threads: int) -> str:
+    def key(model: Path, threads: int, variants: list[str]) -> str:
+        """A new candidate variant (a newer release of this code) means measuring again."""
         import onnxruntime
 
-        return f"{model}|{_cpu_model()}|onnxruntime {onnxruntime.__version__}|threads {threads}"
+        return (
+            f"{model}|{_cpu_model()}|onnxruntime {onnxruntime.__version__}|threads {threads}"
+            f"|variants {','.join(variants)}"
+        )
 
     def _read(self) -> dict[str, dict[str, object]]:
         try:
@@ -185,7 +199,7 @@ class ConvChoices:
     def get(self, key: str) -> str | None:
         entry = self._read().get(key)
         choice = entry.get("choice") if isinstance(entry, dict) else None
-        return choice if choice in ("int8", "float") else None
+        return choice if isinstance(choice, str) else None
 
     def put(self, key: str, choice: str, seconds: dict[str, float]) -> None:
         data = self._read()
