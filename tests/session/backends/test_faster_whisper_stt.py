@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -28,6 +29,11 @@ def test_transcribes_spoken_sentences(stt: FasterWhisperSTT, utterances: dict[st
 def test_espeak_speech_is_understood(stt: FasterWhisperSTT, speech_cache: Path) -> None:
     audio = speech_audio("Please tell me a short story about a cat.", engine="espeak", cache_dir=speech_cache)
     assert words(stt.transcribe(audio)) == words("Please tell me a short story about a cat.")
+
+
+def test_openmp_threads_wait_passively(stt: FasterWhisperSTT) -> None:
+    # Set before CTranslate2 starts its OpenMP runtime, unless the operator chose a policy.
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
 
 
 def test_empty_audio_is_empty_text(stt: FasterWhisperSTT) -> None:

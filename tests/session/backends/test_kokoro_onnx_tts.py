@@ -47,6 +47,12 @@ def test_speaks_a_sentence_that_whisper_understands(tts: KokoroOnnxTTS, stt: Fas
     assert hear(stt, audio) == words(text)
 
 
+def test_idle_compute_threads_sleep_rather_than_spin(tts: KokoroOnnxTTS) -> None:
+    # The cores are shared with the LLM engine and Whisper: spinning threads slow them (and the phrase) down.
+    options = tts._kokoro.sess.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
 def test_speed_changes_duration(tts: KokoroOnnxTTS) -> None:
     text = "One two three four five six."
     normal = tts.synthesize(text, "jm_kumo", 1.0).size

@@ -98,6 +98,10 @@ class KokoroOnnxTTS:
         session_options.log_severity_level = 3
         if options.threads:
             session_options.intra_op_num_threads = options.threads
+        # Idle intra-op threads sleep instead of spinning: the cores are shared with the LLM engine (decoding
+        # the rest of the reply), Whisper and other sessions. Measured on 2 cores, one phrase with one busy
+        # competing thread: 1.71 s spinning vs 1.11 s not (0.88 vs 0.78 s alone).
+        session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = ort.InferenceSession(
             str(options.model_path),
             sess_options=session_options,
