@@ -314,6 +314,13 @@ def _levels_by_users(results: BenchResults) -> list[TtfaLevel]:
     return [by_users[n] for n in sorted(by_users)]
 
 
+def _stalls_cell(level: TtfaLevel) -> str:
+    stalls, stall_ms = level.breakdown_ms.get("playback_stalls"), level.breakdown_ms.get("playback_stall_ms")
+    if stalls is None or stalls.mean is None or stall_ms is None:
+        return "-"
+    return f"{stalls.mean:.1f} / {stalls.max:g}; {stall_ms.p95:.0f} ms"
+
+
 def breakdown_table(results: BenchResults) -> str:
     """The server's per-turn breakdown, p50 per load level (every field it reported), and other CPU use."""
     levels = _levels_by_users(results)
@@ -353,6 +360,11 @@ def breakdown_table(results: BenchResults) -> str:
             )
             for lvl in levels
         )
+        + " |"
+    )
+    rows.append(
+        "| audio gaps (playback stalls) per turn, mean / max; their length p95 | "
+        + " | ".join(_stalls_cell(lvl) for lvl in levels)
         + " |"
     )
     rows.append(

@@ -127,14 +127,30 @@ def test_server_breakdown_records_every_numeric_field_the_server_sends() -> None
         target="t", started_at="x", wall_s=1, config={}, users=1, connects=[], turns=turns
     )  # fmt: skip
     breakdown = server_breakdown(report)
-    assert set(breakdown) == {"stt_ms", "time_to_first_audio_ms", "speculation_ms"}  # no ids, flags or Nones
+    # No ids, flags or Nones; counts such as playback_stalls are numbers too.
+    assert set(breakdown) == {
+        "stt_ms",
+        "time_to_first_audio_ms",
+        "speculation_ms",
+        "playback_stalls",
+        "playback_stall_ms",
+    }
     assert (breakdown["stt_ms"].count, breakdown["stt_ms"].p50) == (2, 500.0)  # the failed turn left out
     assert breakdown["speculation_ms"].count == 1
     assert ttfa_level(report).breakdown_ms == breakdown
 
 
 def test_markdown_breakdown_table() -> None:
-    table = markdown_table(_results())
+    results = _results()
+    (turn_a, turn_b) = (TurnMetricsMessage(turn_id=1, source="voice"), TurnMetricsMessage(turn_id=2, source="voice"))
+    turn_b.playback_stalls, turn_b.playback_stall_ms = 2, 180.0
+    stalled = build_report(
+        target="t", started_at="x", wall_s=1, config={}, users=1, connects=[],
+        turns=[_turn(0, 1.0).model_copy(update={"server": turn_a}), _turn(0, 1.2).model_copy(update={"server": turn_b})],
+    )  # fmt: skip
+    results.ttfa.append(ttfa_level(stalled).model_copy(update={"users": 2}))
+    table = markdown_table(results)
+    assert "| audio gaps (playback stalls) per turn, mean / max; their length p95 | 0.0 / 0; 0 ms | 1.0 / 2; " in table
     assert "| server breakdown, p50 | 1 user |" in table
     assert "| stt_ms | 400 |" in table
     assert "| time_to_first_audio_ms | 1100 |" in table

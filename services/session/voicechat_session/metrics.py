@@ -6,6 +6,9 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from voicechat_common.contracts import ACTIVE_SESSIONS_METRIC, SPECULATIONS_METRIC
 
+PLAYBACK_STALL_MIN_S = 0.02
+"""A gap in a reply's audio shorter than this is timer jitter (a client's jitter buffer hides it), not a stall."""
+
 # Voice latency lives between ~10 ms (a warm connect, one TTS chunk) and a few seconds (a slow turn).
 LATENCY_BUCKETS = (
     0.01,
@@ -70,6 +73,14 @@ ERRORS_TOTAL = Counter("voicechat_session_errors_total", "Error events sent to c
 LLM_STREAMS_ACTIVE = Gauge("voicechat_session_llm_streams_active", "Open streaming LLM requests.")
 LLM_STREAMS_CANCELLED_TOTAL = Counter(
     "voicechat_session_llm_streams_cancelled_total", "LLM streams closed before the reply was complete."
+)
+PLAYBACK_STALLS_TOTAL = Counter(
+    "voicechat_session_playback_stalls_total",
+    "Times a reply's audio ran dry after it began playing: the next chunk was not synthesized in time "
+    f"(gaps over {PLAYBACK_STALL_MIN_S * 1000:g} ms).",
+)
+PLAYBACK_STALL_SECONDS_TOTAL = Counter(
+    "voicechat_session_playback_stall_seconds_total", "Silence inside replies while the client waited for TTS."
 )
 SESSIONS_REFUSED_TOTAL = Counter("voicechat_session_refused_total", "Connections refused.", ["reason"])
 MODEL_LOADS_TOTAL = Counter(

@@ -236,6 +236,10 @@ class TurnMetricsMessage(_Message):
     time_to_first_audio_ms: float | None = None
     turn_ms: float | None = None
     audio_ms: float | None = None
+    playback_stalls: int = 0
+    """Times the reply's audio ran dry after it began (the client heard a gap), gaps of 20 ms or more."""
+    playback_stall_ms: float = 0.0
+    """Those gaps, summed."""
     interrupted: bool = False
 
 

@@ -315,6 +315,14 @@ class TurnRunner:
                     current.pieces.put_nowait(None)
         await audio_out.put(None)
 
+    @staticmethod
+    def _stalled(turn: Turn, gap_s: float) -> None:
+        if gap_s >= metrics.PLAYBACK_STALL_MIN_S:
+            turn.playback_stalls += 1
+            turn.playback_stall_s += gap_s
+            metrics.PLAYBACK_STALLS_TOTAL.inc()
+            metrics.PLAYBACK_STALL_SECONDS_TOTAL.inc(gap_s)
+
     async def _pace(self, turn: Turn, audio_out: asyncio.Queue[ClauseAudio | None], outbox: Outbox) -> None:
         """Queue audio at most ``output_lead_ms`` ahead of real-time playback, in ``output_chunk_ms`` frames.
 
@@ -332,6 +340,8 @@ class TurnRunner:
             now = loop.time()
             if playback_start is None or now - playback_start > queued_s:
                 # First chunk, or the client ran dry waiting for TTS: playback (re)starts now.
+                if playback_start is not None:
+                    self._stalled(turn, now - playback_start - queued_s)
                 playback_start = now - queued_s
             ahead = queued_s - (now - playback_start)
             if ahead > self.lead_s:

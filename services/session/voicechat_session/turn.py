@@ -97,6 +97,9 @@ class Turn:
     """LLM request sent → its first phrase complete (handed to TTS)."""
     tts_first_s: float | None = None
     first_audio_at: float | None = None
+    playback_stalls: int = 0
+    """Times the reply's audio ran dry after it began playing (the next clause was late)."""
+    playback_stall_s: float = 0.0
     speculation: Speculation = "none"
     started_at: float | None = None
     """perf_counter when the turn's work started: at a pause (speculation hit) or at the decided end."""
@@ -177,6 +180,8 @@ class Turn:
             time_to_first_audio_ms=_ms(self.time_to_first_audio_s),
             turn_ms=_ms(now - self.user_end),
             audio_ms=round(self.audio_ms, 1),
+            playback_stalls=self.playback_stalls,
+            playback_stall_ms=round(self.playback_stall_s * 1000.0, 1),
             interrupted=self.state is TurnState.INTERRUPTED,
         )
 

@@ -152,6 +152,16 @@ export class ConversationView {
       }
       view.metrics.appendChild(part);
     }
+    if (msg.playback_stalls > 0) {
+      // Only when it happened: a gap in the reply's audio is worth showing, its absence is the norm.
+      const part = document.createElement("span");
+      part.title = "Gaps in the reply's audio while the next phrase was still being synthesised";
+      part.dataset.metric = "playback_stalls";
+      const figure = document.createElement("b");
+      figure.textContent = fmtMs(msg.playback_stall_ms);
+      part.append(`${msg.playback_stalls} audio gap${msg.playback_stalls === 1 ? "" : "s"} `, figure);
+      view.metrics.appendChild(part);
+    }
     if (msg.interrupted) view.root.classList.add("interrupted");
     this.scrollToEnd();
   }
