@@ -142,15 +142,18 @@ def test_server_breakdown_records_every_numeric_field_the_server_sends() -> None
 
 def test_markdown_breakdown_table() -> None:
     results = _results()
-    (turn_a, turn_b) = (TurnMetricsMessage(turn_id=1, source="voice"), TurnMetricsMessage(turn_id=2, source="voice"))
-    turn_b.playback_stalls, turn_b.playback_stall_ms = 2, 180.0
+    turn_a = TurnMetricsMessage(turn_id=1, source="voice")
+    turn_b = TurnMetricsMessage(turn_id=2, source="voice", playback_stalls=2, playback_stall_ms=180.0)
     stalled = build_report(
         target="t", started_at="x", wall_s=1, config={}, users=1, connects=[],
         turns=[_turn(0, 1.0).model_copy(update={"server": turn_a}), _turn(0, 1.2).model_copy(update={"server": turn_b})],
     )  # fmt: skip
     results.ttfa.append(ttfa_level(stalled).model_copy(update={"users": 2}))
     table = markdown_table(results)
-    assert "| audio gaps (playback stalls) per turn, mean / max; their length p95 | 0.0 / 0; 0 ms | 1.0 / 2; " in table
+    assert (
+        "| audio gaps (playback stalls) per turn, mean / max; their length p95 | 0.0 / 0; 0 ms | 1.0 / 2; "
+        in table
+    )
     assert "| server breakdown, p50 | 1 user |" in table
     assert "| stt_ms | 400 |" in table
     assert "| time_to_first_audio_ms | 1100 |" in table

@@ -80,7 +80,8 @@ PLAYBACK_STALLS_TOTAL = Counter(
     f"(gaps over {PLAYBACK_STALL_MIN_S * 1000:g} ms).",
 )
 PLAYBACK_STALL_SECONDS_TOTAL = Counter(
-    "voicechat_session_playback_stall_seconds_total", "Silence inside replies while the client waited for TTS."
+    "voicechat_session_playback_stall_seconds_total",
+    "Silence inside replies while the client waited for TTS.",
 )
 SESSIONS_REFUSED_TOTAL = Counter("voicechat_session_refused_total", "Connections refused.", ["reason"])
 MODEL_LOADS_TOTAL = Counter(
