@@ -9,6 +9,7 @@ import pytest
 from pydantic import SecretStr
 
 from tests.support.fake_vllm import build_parser
+from voicechat_common.cpus import usable_cpus
 from voicechat_common.localstack import free_port
 from voicechat_llm import config
 from voicechat_llm.engines.llamacpp import build_params
@@ -200,3 +201,14 @@ def test_llamacpp_params_key_cap_and_private_endpoints_off() -> None:
     assert params.n_predict == 99
     assert params.endpoint_slots is False
     assert params.endpoint_props is False
+
+
+def test_llamacpp_prompt_processing_and_generation_threads_are_separate() -> None:
+    settings = _settings(host="127.0.0.1", engine_port=free_port(), gate_port=free_port())
+    start = config.plan(settings)
+    params = build_params(settings, start)
+    assert params.cpuparams.n_threads == 1  # generation: one thread beside speech synthesis
+    # Prompts: every CPU the process may use (they run while TTS waits for text).
+    assert params.cpuparams_batch.n_threads == usable_cpus()
+    tuned = build_params(settings.model_copy(update={"threads": 2, "batch_threads": 3}), start)
+    assert (tuned.cpuparams.n_threads, tuned.cpuparams_batch.n_threads) == (2, 3)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 from pathlib import Path
 
 import pytest
 
 from tests.support.speech import words
 from voicechat_session.audio import resample
+from voicechat_session.backends import faster_whisper_stt, loader
 from voicechat_session.backends.base import (
     STT_SAMPLE_RATE,
     TTS_SAMPLE_RATE,
@@ -80,7 +80,9 @@ def test_worker_count() -> None:
 def test_pool_never_runs_more_compute_threads_than_cores(
     monkeypatch: pytest.MonkeyPatch, cores: int, workers: int
 ) -> None:
-    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    # The CPUs the pod may use (its CPU limit, else its cores), as both modules read them.
+    monkeypatch.setattr(loader, "usable_cpus", lambda: cores)
+    monkeypatch.setattr(faster_whisper_stt, "usable_cpus", lambda: cores)
     settings = SessionSettings(workers=workers)
     calls, threads = worker_count(settings), threads_per_call(settings)
     assert threads >= 1

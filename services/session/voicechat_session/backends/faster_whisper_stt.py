@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from voicechat_common.cpus import usable_cpus
 from voicechat_session.backends.base import STT_SAMPLE_RATE, Audio
 from voicechat_session.backends.embedded import whisper_tiny_en_dir
 from voicechat_session.settings import SessionSettings
@@ -61,7 +62,7 @@ class WhisperOptions:
 def default_cpu_threads(num_workers: int = 1) -> int:
     # CTranslate2 defaults to 4 threads per worker, which oversubscribes small pods: share the cores out
     # over the parallel transcriptions, up to 4 each.
-    return max(1, min(4, (os.cpu_count() or 1) // max(1, num_workers)))
+    return max(1, min(4, usable_cpus() // max(1, num_workers)))
 
 
 def resolve_model(configured: str | None) -> str:

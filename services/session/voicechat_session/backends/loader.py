@@ -24,6 +24,7 @@ from typing import Literal, ParamSpec, Protocol, TypeVar
 
 import numpy as np
 
+from voicechat_common.cpus import usable_cpus
 from voicechat_session.audio import resample
 from voicechat_session.backends.base import (
     STT_SAMPLE_RATE,
@@ -76,12 +77,12 @@ def worker_count(settings: SessionSettings) -> int:
     Two threads per call: one user's transcription or first phrase runs at nearly full speed, and the pool's
     priorities (first audio before the rest of a reply) decide the order when users overlap.
     """
-    return settings.workers or max(1, (os.cpu_count() or 1) // 2)
+    return settings.workers or max(1, usable_cpus() // 2)
 
 
 def threads_per_call(settings: SessionSettings) -> int:
     """Compute threads of one STT/TTS call: the cores shared out over the pool's calls (never more)."""
-    return settings.model_threads or max(1, (os.cpu_count() or 1) // worker_count(settings))
+    return settings.model_threads or max(1, usable_cpus() // worker_count(settings))
 
 
 def load_stt(settings: SessionSettings) -> SttModel:
