@@ -55,6 +55,30 @@ def test_each_chunk_can_be_synthesized_while_the_previous_one_plays() -> None:
     assert max(sizes) > sizes[0]  # and they do grow
 
 
+@pytest.mark.parametrize(
+    ("max_growth", "budget"),
+    [(None, (8, 12)), (3.0, (8, 12)), (1.5, (6, 6)), (1.0, (4, 4)), (0.5, (4, 4))],
+)
+def test_measured_tts_speed_caps_the_growth(max_growth: float | None, budget: tuple[int, int]) -> None:
+    # After a 4-word first chunk: the static rule (2x, cut by 3x), or what TTS synthesizes while it plays;
+    # never shrinking below the last chunk (a slower-than-real-time TTS has gaps whatever the size).
+    splitter = ChunkSplitter()
+    assert splitter.push("one two three four, five ") == ["one two three four,"]
+    splitter.max_growth = max_growth
+    assert splitter.word_budget() == budget
+
+
+@pytest.mark.parametrize("max_growth", [0.9, 1.5])
+def test_chunks_grow_only_as_fast_as_tts_allows(max_growth: float) -> None:
+    splitter = ChunkSplitter()
+    splitter.max_growth = max_growth
+    sizes = [_words(c) for c in split_text(LONG_REPLY, splitter=splitter)]
+    cap = max(1.0, max_growth)
+    # Two words over only where no phrase break came sooner (the splitter's rule for any budget).
+    assert all(later <= int(cap * earlier) + 2 for earlier, later in itertools.pairwise(sizes)), sizes
+    assert max(sizes) < max(_words(c) for c in split_text(LONG_REPLY))  # smaller than the static rule's
+
+
 def test_first_chunk_ends_at_the_first_comma_or_sentence() -> None:
     assert split_text("Sure! Here is a joke.")[0] == "Sure!"
     assert split_text("Well, that is a good question, and I think so.")[0] == "Well,"

@@ -3,12 +3,16 @@ counted in ``turn_metrics`` and the Prometheus counters; TTS faster than playbac
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from tests.support.fake_llm import FakeLLM
 from tests.support.session_app import metric, session_app
 from tests.support.ws_client import VoiceChatClient
 from voicechat_session.connection import Connection
+from voicechat_session.serving import TTS_SPEED_MARGIN, TTS_SPEED_SMOOTHING, Pod
+from voicechat_session.settings import SessionSettings
 
 STORY = (
     "Once upon a time there was a small village by the sea where the fishermen went out every morning "
@@ -56,3 +60,50 @@ async def test_synthesis_ahead_of_playback_has_no_stall() -> None:
     assert turn.metrics["playback_stall_ms"] == 0
     assert turn.audio_seconds > 5  # a long reply, in many phrases
     assert metric("voicechat_session_playback_stalls_total") == before
+
+
+async def test_later_phrases_grow_only_as_fast_as_the_pod_synthesizes() -> None:
+    async with (
+        session_app(FakeLLM(reply=STORY)) as service,
+        VoiceChatClient.connect(service.ws_url) as client,
+    ):
+        await client.start()
+        # As if recent clauses took as long to synthesize as to play: no phrase may outgrow the one before.
+        service.pod.chunk_growth_limit = lambda: 0.9  # type: ignore[method-assign]
+        await client.send({"type": "text", "text": "Tell me a story."})
+        await client.wait_turn(timeout_s=30)
+        (session,) = service.registry.sessions.values()
+        assert isinstance(session, Connection)
+        assert session.turn is not None
+        words = [len(clause.split()) for clause in session.turn.clauses]
+    assert " ".join(session.turn.clauses) == STORY
+    # Two words over only where no phrase break came sooner; the static rule doubles (see test_clauses).
+    assert all(later <= earlier + 2 for earlier, later in itertools.pairwise(words)), words
+
+
+async def test_each_clause_updates_the_pods_synthesis_speed() -> None:
+    async with (
+        session_app(FakeLLM(reply=STORY), fake_tts_latency_ms=100, fake_tts_ms_per_char=10) as service,
+        VoiceChatClient.connect(service.ws_url) as client,
+    ):
+        assert service.pod.tts_real_time_factor is None
+        assert service.pod.chunk_growth_limit() is None  # nothing measured: the static rule
+        await client.start()
+        await client.send({"type": "text", "text": "Tell me a story."})
+        await client.wait_turn(timeout_s=30)
+        rtf = service.pod.tts_real_time_factor
+    # 0.1 s per clause of 10 ms per character: every clause is a few hundred ms of audio.
+    assert rtf is not None
+    assert 0.05 < rtf < 1.5
+    assert metric("voicechat_session_tts_real_time_factor") == rtf
+
+
+def test_real_time_factor_is_a_running_average_and_sets_the_growth_limit() -> None:
+    pod = Pod(SessionSettings(stt_backend="fake", tts_backend="fake", vad_backend="energy"))
+    pod.record_synthesis(0.5, 1.0)
+    assert pod.tts_real_time_factor == 0.5
+    assert pod.chunk_growth_limit() == pytest.approx(TTS_SPEED_MARGIN / 0.5)
+    pod.record_synthesis(1.5, 1.0)  # a slow clause moves the average part of the way
+    assert pod.tts_real_time_factor == pytest.approx(0.5 + TTS_SPEED_SMOOTHING * 1.0)
+    pod.record_synthesis(1.0, 0.0)  # nothing spoken: nothing learnt
+    assert pod.tts_real_time_factor == pytest.approx(0.5 + TTS_SPEED_SMOOTHING * 1.0)

@@ -22,9 +22,12 @@ from enum import IntEnum
 FIRST_MIN_WORDS = 3
 FIRST_MAX_WORDS = 5
 # Every later chunk wants at least GROWTH x the words of the chunk before it (fewer calls, each paying TTS's fixed
-# cost), at most MAX_MIN_WORDS, and is cut at twice its minimum (at most 3x the chunk before it, which must
-# still be playing when this one is synthesized) if no punctuation comes.
+# cost), at most MAX_MIN_WORDS, and is cut at twice its minimum (at most MAX_GROWTH x the chunk before it, which
+# must still be playing when this one is synthesized) if no punctuation comes. Both factors shrink to what the
+# measured TTS speed allows (``ChunkSplitter.max_growth``): on a CPU where synthesis runs at 0.7x real time, a
+# chunk twice as long as the one playing leaves a gap.
 GROWTH = 2.0
+MAX_GROWTH = 3.0
 MAX_MIN_WORDS = 12
 # Hard cap for text without usable spaces (a URL, a run of symbols): TTS must never wait for the whole reply.
 MAX_CHUNK_CHARS = 220
@@ -147,6 +150,9 @@ class ChunkSplitter:
         self.growth = growth
         self.max_min_words = max_min_words
         self.max_chars = max_chars
+        self.max_growth: float | None = None
+        """How many times longer than the last chunk the next may be and still be synthesized while the last
+        one plays (set from the measured TTS speed); ``None``: the static rule."""
         self._buf = ""
         self._emitted = 0
         self._last_words = 0  # spoken words of the last chunk
@@ -160,9 +166,11 @@ class ChunkSplitter:
         """(minimum, maximum) words of the next chunk."""
         if self._emitted == 0:
             return self.first_min_words, self.first_max_words
-        lo = max(1, min(self.max_min_words, round(self._last_words * self.growth)))
         # At most ~3x the last chunk: a longer one would still be synthesizing when that one ends playing.
-        return lo, max(lo, min(2 * lo, 3 * self._last_words))
+        # Where TTS is known to be slower (``max_growth``), at most what it synthesizes in that time.
+        cap = MAX_GROWTH if self.max_growth is None else max(1.0, min(MAX_GROWTH, self.max_growth))
+        lo = max(1, min(self.max_min_words, round(self._last_words * min(self.growth, cap))))
+        return lo, max(lo, min(2 * lo, int(cap * self._last_words)))
 
     def push(self, delta: str) -> list[str]:
         self._buf += delta

@@ -74,6 +74,11 @@ LLM_STREAMS_ACTIVE = Gauge("voicechat_session_llm_streams_active", "Open streami
 LLM_STREAMS_CANCELLED_TOTAL = Counter(
     "voicechat_session_llm_streams_cancelled_total", "LLM streams closed before the reply was complete."
 )
+TTS_REAL_TIME_FACTOR = Gauge(
+    "voicechat_session_tts_real_time_factor",
+    "Seconds of speech synthesis (waiting for the model pool included) per second of speech, recent clauses; "
+    "above ~0.85 later phrases stop growing, above 1 replies have gaps.",
+)
 PLAYBACK_STALLS_TOTAL = Counter(
     "voicechat_session_playback_stalls_total",
     "Times a reply's audio ran dry after it began playing: the next chunk was not synthesized in time "

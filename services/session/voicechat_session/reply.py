@@ -248,6 +248,7 @@ class TurnRunner:
                 if turn.ttft_s is not None:
                     metrics.LLM_TTFT_SECONDS.observe(turn.ttft_s)
             outbox.send(AssistantMessage(text=delta, final=False, turn_id=turn.id))
+            splitter.max_growth = self.pod.chunk_growth_limit()
             for clause in splitter.push(delta):
                 if turn.llm_first_phrase_s is None:
                     turn.llm_first_phrase_s = time.perf_counter() - stats.request_started
@@ -286,6 +287,7 @@ class TurnRunner:
             if not any(ch.isalnum() for ch in text):
                 continue
             started = time.perf_counter()
+            held_back = 0.0  # waiting for playback to take queued clauses: not synthesis time
             priority = Priority.FIRST_AUDIO if not turn.clauses else Priority.REPLY
             current: ClauseAudio | None = None
             try:
@@ -304,9 +306,16 @@ class TurnRunner:
                             # The clause's length grows as pieces arrive; an interruption mid-clause
                             # measures what was heard against what had arrived by then.
                             current = ClauseAudio(turn.add_clause(text, 0))
+                            put_at = time.perf_counter()
                             await audio_out.put(current)  # waits while TTS_LOOKAHEAD_CLAUSES are queued
+                            held_back += time.perf_counter() - put_at
                         turn.clause_samples[current.index] += int(samples.size)
                         current.pieces.put_nowait(samples)
+                if current is not None:
+                    self.pod.record_synthesis(
+                        time.perf_counter() - started - held_back,
+                        turn.clause_samples[current.index] / OUTPUT_SAMPLE_RATE,
+                    )
             except Exception as exc:
                 log.exception("speech synthesis failed", extra={"session_id": self.session_id})
                 raise TtsFailed(_client_text("speech synthesis failed", exc)) from exc

@@ -76,6 +76,12 @@ def parse_warmup_report(raw: Any) -> LlmInfo:
     )
 
 
+TTS_SPEED_MARGIN = 0.85
+"""Share of the playing chunk's duration the next chunk's synthesis may take (timing noise, other work)."""
+TTS_SPEED_SMOOTHING = 0.3
+"""Weight of the newest clause in the running real-time factor: recent load counts most."""
+
+
 class Pod:
     """Process-wide state of the session service."""
 
@@ -93,6 +99,8 @@ class Pod:
         # transcription (a slow turn elsewhere must not delay this session's barge-in or endpointing).
         self.vad_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vad")
         self.models: ModelSet | None = None
+        self.tts_real_time_factor: float | None = None
+        """Seconds of synthesis (pool wait included) per second of speech, over recent clauses."""
         self.warmup_seconds: dict[str, float] = {}
         self.voices: list[str] = []
         self.llm_info = LlmInfo(model=settings.llm_model)
@@ -293,6 +301,23 @@ class Pod:
                     yield piece
             return
         yield await self.run_model(priority, tts.synthesize, text, voice, speed)
+
+    def record_synthesis(self, seconds: float, audio_seconds: float) -> None:
+        """A clause of ``audio_seconds`` took ``seconds`` to synthesize, waiting for the pool included."""
+        if audio_seconds <= 0:
+            return
+        rtf = seconds / audio_seconds
+        previous = self.tts_real_time_factor
+        self.tts_real_time_factor = (
+            rtf if previous is None else previous + TTS_SPEED_SMOOTHING * (rtf - previous)
+        )
+        metrics.TTS_REAL_TIME_FACTOR.set(self.tts_real_time_factor)
+
+    def chunk_growth_limit(self) -> float | None:
+        """How many times longer than the chunk playing the next may be, to be synthesized before it ends
+        (``None`` until a clause was measured)."""
+        rtf = self.tts_real_time_factor
+        return None if rtf is None else TTS_SPEED_MARGIN / max(rtf, 1e-3)
 
     async def run_vad(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         return await asyncio.get_running_loop().run_in_executor(
