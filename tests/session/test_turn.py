@@ -45,6 +45,7 @@ async def test_report() -> None:
     turn.stt_s, turn.ttft_s, turn.tts_first_s, turn.first_audio_at = 0.1, 0.2, 0.05, 11.0
     turn.add_clause("Hello.", OUTPUT_SAMPLE_RATE)
     turn.sent_samples[0] = OUTPUT_SAMPLE_RATE
+    turn.playback_stalls, turn.playback_stall_s = 2, 0.1234
     report = turn.report(now=12.0)
     assert report.model_dump() == {
         "type": "turn_metrics",
@@ -60,6 +61,8 @@ async def test_report() -> None:
         "time_to_first_audio_ms": 1000.0,
         "turn_ms": 2000.0,
         "audio_ms": 1000.0,
+        "playback_stalls": 2,
+        "playback_stall_ms": 123.4,
         "interrupted": False,
     }
     turn.interrupt("client")
