@@ -43,6 +43,9 @@ MAX_SESSIONS = max(*CONNECT_LEVELS, *CAPACITY_LEVELS)
 # Bytes of RAM one sharing=connection session may take (Whisper tiny + Kokoro int8 + VAD, measured ~0.7 GB);
 # the 16-connection round is skipped rather than run the shared machine out of memory.
 CONNECTION_SESSION_BYTES = 900 * 1024**2
+# Greedy decoding: the same questions get the same replies, so two runs synthesize the same amount of speech
+# (at the service's default 0.3, one run's replies were twice as long as another's).
+BENCH_LLM_TEMPERATURE = 0.0
 
 
 def _env_name(field: str) -> str:
@@ -547,7 +550,13 @@ async def find_capacity(
 def session_service(stack: LocalStack, sharing: Sharing) -> Iterator[str]:
     stack.session_port = free_port()
     _say(f"starting the session service with sharing={sharing}")
-    stack.start_session({_env_name("sharing"): sharing, _env_name("max_sessions"): str(MAX_SESSIONS)})
+    stack.start_session(
+        {
+            _env_name("sharing"): sharing,
+            _env_name("max_sessions"): str(MAX_SESSIONS),
+            _env_name("llm_temperature"): str(BENCH_LLM_TEMPERATURE),
+        }
+    )
     try:
         yield stack.ws_url
     finally:
@@ -632,6 +641,7 @@ def run_bench(out: Path, budget_s: float = 600.0, quick: bool = False, llm_nice:
             "machine": "CPU shares from /proc/stat (all cores) against the CPU time of the bench and the services "
             "it started; 'others' is everything else, including a hypervisor's steal time.",
             "llm_nice": f"the LLM engine's threads run at nice {stack.llm_nice} (voicechat-llm --nice)",
+            "llm_temperature": f"{BENCH_LLM_TEMPERATURE:g} (greedy: the same replies in every run)",
         },
         llm=LlmResult(
             engine=warm.engine,
